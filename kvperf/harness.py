@@ -1,0 +1,231 @@
+"""The generation harness: one ``model.generate`` call, timed per token, and what it left behind.
+
+Why it is built this way:
+
+* **One generate call.** A loop of ``generate(max_new_tokens=1)`` starts a fresh cache at every
+  call, so the "cached" run recomputes everything. Users time ``generate``; so does kvperf.
+* **Per-token clocks from inside the call.** A streamer receives every new token as soon as it is
+  chosen; it reads the clock there. The first token marks the end of prefill (TTFT), the gaps between
+  tokens are the inter-token latencies of the decode steps.
+* **Device sync before every clock read.** CUDA kernels run asynchronously: without a sync the clock
+  measures how fast Python queued work, not how fast the GPU did it.
+* **A fixed token count.** Greedy decoding with ``min_new_tokens == max_new_tokens``: EOS can't end a
+  sequence early, so every run produces exactly ``batch_size * new_tokens`` tokens.
+* **Warm-up first.** The first call pays for lazy initialisation, kernel selection and allocator
+  growth (often 10x a steady call); it is run and thrown away.
+* **Memory in its own pass.** On CPU, peak memory is counted through a dispatch mode that slows every
+  operation (see ``kvperf.memory``), so it is taken in a separate untimed call.
+
+Prefill processes the whole prompt in one forward pass and is compute-bound; each decode step
+processes one token per sequence and is bound by reading the weights and the cache, which is why
+TTFT and TPOT are reported apart.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+from transformers.generation.streamers import BaseStreamer
+
+from kvperf.kv_size import measure_cache_bytes
+from kvperf.memory import peak_memory_bytes
+from kvperf.prompts import make_prompts, pad_token_id
+from kvperf.spec import GenerationSpec
+
+__all__ = ["GenerationResult", "GenerationTiming", "generate_kwargs", "run_generation", "time_generation"]
+
+
+class _TokenClock(BaseStreamer):
+    """Records a timestamp for every batch of new tokens that ``generate`` hands to its streamer."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._sync = device.type == "cuda"
+        self._device = device
+        self._saw_prompt = False
+        self.stamps_s: list[float] = []
+
+    def put(self, value: Any) -> None:
+        if not self._saw_prompt:  # generate first streams the prompt itself
+            self._saw_prompt = True
+            return
+        if self._sync:
+            torch.cuda.synchronize(self._device)
+        self.stamps_s.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def _percentile(values: tuple[float, ...], q: float) -> float:
+    """Linear-interpolated percentile (``q`` in [0, 100]) of raw samples, as numpy's default."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    pos = (len(ordered) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+@dataclass(frozen=True)
+class GenerationTiming:
+    """The clock readings of one generate call, with what it produced."""
+
+    e2e_s: float
+    ttft_s: float
+    itl_s: tuple[float, ...]
+    generated_tokens: int
+    kv_cache_bytes: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What one measured generation case reports. Times in seconds, memory in bytes."""
+
+    spec: GenerationSpec
+    device: str
+    dtype: str
+    #: Wall time of the whole generate call, prefill included.
+    e2e_s: float
+    #: Time to first token: prefill plus the first token.
+    ttft_s: float
+    #: Inter-token latencies, one per decode step after the first token (``new_tokens - 1`` values).
+    itl_s: tuple[float, ...] = field(repr=False)
+    #: Time per output token after the first: ``(e2e_s - ttft_s) / (new_tokens - 1)``.
+    tpot_s: float
+    #: Generated tokens per second over the whole call: ``batch_size * new_tokens / e2e_s``.
+    tokens_per_s: float
+    #: Peak memory of the call, weights included (see ``kvperf.memory``); -1 when not measured.
+    peak_memory_bytes: int
+    #: Bytes of the key/value tensors the cache holds after generation; 0 with the cache off.
+    kv_cache_bytes: int
+    #: Tokens generated, counted in the output: ``batch_size * new_tokens``.
+    generated_tokens: int
+
+    @property
+    def itl_p50_s(self) -> float:
+        return _percentile(self.itl_s, 50)
+
+    @property
+    def itl_p95_s(self) -> float:
+        return _percentile(self.itl_s, 95)
+
+    @property
+    def itl_p99_s(self) -> float:
+        return _percentile(self.itl_s, 99)
+
+    def summary(self) -> dict[str, Any]:
+        """Every field except the raw latencies and the spec, plus the percentiles: flat JSON values."""
+        data = asdict(self)
+        data.pop("itl_s")
+        data.pop("spec")
+        data.update(itl_p50_s=self.itl_p50_s, itl_p95_s=self.itl_p95_s, itl_p99_s=self.itl_p99_s)
+        return data
+
+
+def generate_kwargs(model: PreTrainedModel, spec: GenerationSpec) -> dict[str, Any]:
+    """The arguments kvperf passes to ``model.generate`` for ``spec`` (inputs excluded)."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": spec.new_tokens,
+        "min_new_tokens": spec.new_tokens,
+        "do_sample": False,
+        "num_beams": 1,
+        "use_cache": spec.cache != "off",
+        "return_dict_in_generate": True,
+        "pad_token_id": pad_token_id(model.config),
+    }
+    if spec.cache == "static":
+        kwargs["cache_implementation"] = "static"
+    return kwargs
+
+
+def _device(model: PreTrainedModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _generate(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
+              attention_mask: torch.Tensor, **extra: Any) -> Any:
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                          **generate_kwargs(model, spec), **extra)
+
+
+def _count_generated(out: Any, prompt_len: int, spec: GenerationSpec) -> int:
+    generated = int(out.sequences[:, prompt_len:].numel())
+    if generated != spec.batch_size * spec.new_tokens:
+        raise RuntimeError(f"generate produced {generated} tokens, expected {spec.batch_size} x "
+                           f"{spec.new_tokens}: min_new_tokens was not honoured")
+    return generated
+
+
+def time_generation(
+    model: PreTrainedModel,
+    spec: GenerationSpec,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> GenerationTiming:
+    """Time one ``generate`` call for ``spec`` on the given prompts (no warm-up, no memory pass)."""
+    device = _device(model)
+    clock = _TokenClock(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = _generate(model, spec, input_ids, attention_mask, streamer=clock)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    end = time.perf_counter()
+    stamps = clock.stamps_s
+    if len(stamps) != spec.new_tokens:
+        raise RuntimeError(f"expected {spec.new_tokens} streamed steps, got {len(stamps)}")
+    return GenerationTiming(
+        e2e_s=end - start,
+        ttft_s=stamps[0] - start,
+        itl_s=tuple(b - a for a, b in zip(stamps, stamps[1:])),
+        generated_tokens=_count_generated(out, input_ids.shape[1], spec),
+        kv_cache_bytes=measure_cache_bytes(out.past_key_values) if spec.cache != "off" else 0,
+    )
+
+
+def measure_peak_memory(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
+                        attention_mask: torch.Tensor) -> int:
+    """Peak memory of one untimed generate call for ``spec`` (see ``kvperf.memory``)."""
+    _, peak = peak_memory_bytes(lambda: _generate(model, spec, input_ids, attention_mask), model)
+    return peak
+
+
+def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: GenerationTiming,
+                       peak_memory: int) -> GenerationResult:
+    """Assemble a ``GenerationResult`` from one timed call and a memory measurement."""
+    param = next(model.parameters())
+    return GenerationResult(
+        spec=spec,
+        device=str(param.device),
+        dtype=str(param.dtype).removeprefix("torch."),
+        e2e_s=timing.e2e_s,
+        ttft_s=timing.ttft_s,
+        itl_s=timing.itl_s,
+        tpot_s=(timing.e2e_s - timing.ttft_s) / (spec.new_tokens - 1),
+        tokens_per_s=timing.generated_tokens / timing.e2e_s,
+        peak_memory_bytes=peak_memory,
+        kv_cache_bytes=timing.kv_cache_bytes,
+        generated_tokens=timing.generated_tokens,
+    )
+
+
+def run_generation(
+    model: PreTrainedModel,
+    spec: GenerationSpec,
+    *,
+    warmup_runs: int = 1,
+    measure_memory: bool = True,
+) -> GenerationResult:
+    """Warm up, time one ``generate`` call for ``spec``, then measure its peak memory untimed."""
+    input_ids, attention_mask = make_prompts(model, spec)
+    for _ in range(warmup_runs):
+        _generate(model, spec, input_ids, attention_mask)
+    timing = time_generation(model, spec, input_ids, attention_mask)
+    peak = measure_peak_memory(model, spec, input_ids, attention_mask) if measure_memory else -1
+    return result_from_timing(model, spec, timing, peak)
