@@ -1,0 +1,40 @@
+"""The benchmark matrix and the experiments of EXPERIMENTS.md, one test per experiment.
+
+Which cases run is decided by the tier (``--kvperf-tier quick|full``) and the ``--kvperf-*`` options;
+see ``kvperf.tiers``. Each case records its spec, its result and the raw per-token latencies in
+``benchmark.extra_info``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.kvperf_experiment("matrix")
+def test_matrix(kvperf_case, kvperf_bench):
+    """Cache on/off x batch size x prompt length x dtype: the regression grid."""
+    kvperf_bench(kvperf_case)
+
+
+@pytest.mark.kvperf_experiment("length")
+def test_length(kvperf_case, kvperf_bench):
+    """Cache on vs off against output length: total time O(n) with the cache, O(n^2) without."""
+    kvperf_bench(kvperf_case)
+
+
+@pytest.mark.kvperf_experiment("batch")
+def test_batch(kvperf_case, kvperf_bench):
+    """Throughput and per-token latency against batch size, cache on."""
+    kvperf_bench(kvperf_case)
+
+
+@pytest.mark.kvperf_experiment("context")
+def test_context(kvperf_case, kvperf_bench):
+    """Per-token latency and peak memory against prompt length, cache on."""
+    kvperf_bench(kvperf_case)
+
+
+@pytest.mark.kvperf_experiment("first_token")
+def test_first_token(kvperf_case, kvperf_bench):
+    """Time to first token (prefill) against time per output token, for a short prompt."""
+    kvperf_bench(kvperf_case)

@@ -1,0 +1,70 @@
+"""Running one generation case under pytest-benchmark and recording everything it measured.
+
+pytest-benchmark times the calls; kvperf's own clocks inside each call give TTFT and the per-token
+latencies. Every round's raw values go into ``benchmark.extra_info`` beside the medians, so the JSON
+that ``--benchmark-json`` or ``--benchmark-autosave`` writes holds all of it, and a later comparison
+can test for noise on the raw samples instead of trusting one statistic.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict
+from typing import Any
+
+from transformers import PreTrainedModel
+
+from kvperf.harness import GenerationResult, GenerationTiming, measure_peak_memory, result_from_timing, \
+    time_generation
+from kvperf.prompts import make_prompts
+from kvperf.spec import GenerationSpec
+
+__all__ = ["SCHEMA_VERSION", "benchmark_generation", "extra_info"]
+
+#: Version of the layout of kvperf's ``extra_info``; bumped when a field changes meaning.
+SCHEMA_VERSION = 1
+
+#: Result fields whose per-round values are kept raw (``<name>_samples``) beside their median.
+SAMPLED_FIELDS = ("e2e_s", "ttft_s", "tpot_s", "tokens_per_s", "itl_p50_s", "itl_p95_s", "itl_p99_s")
+
+
+def benchmark_generation(
+    benchmark: Any,
+    model: PreTrainedModel,
+    spec: GenerationSpec,
+    *,
+    rounds: int,
+    warmup_rounds: int,
+) -> list[GenerationResult]:
+    """Time ``spec`` with ``benchmark.pedantic`` (one generate call per round, after warm-up rounds),
+    then measure peak memory in one untimed call. Returns one result per timed round."""
+    input_ids, attention_mask = make_prompts(model, spec)
+    timings: list[GenerationTiming] = []
+
+    def one_call() -> None:
+        timings.append(time_generation(model, spec, input_ids, attention_mask))
+
+    benchmark.pedantic(one_call, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    # Warm-up rounds run the same function; keep only the timed rounds. With --benchmark-disable,
+    # pytest-benchmark calls it once and there is nothing to drop.
+    timed = timings[-rounds:] if len(timings) > rounds else timings
+    peak = measure_peak_memory(model, spec, input_ids, attention_mask)
+    return [result_from_timing(model, spec, timing, peak) for timing in timed]
+
+
+def extra_info(results: list[GenerationResult], **context: Any) -> dict[str, Any]:
+    """The ``extra_info`` of one case: spec, context, medians of every result field over the rounds,
+    the raw per-round values, and the raw inter-token latencies of every round."""
+    first = results[0]
+    info: dict[str, Any] = {"kvperf_schema": SCHEMA_VERSION, **context, **asdict(first.spec)}
+    summaries = [r.summary() for r in results]
+    for key, value in summaries[0].items():
+        if isinstance(value, float):
+            info[key] = statistics.median(s[key] for s in summaries)
+        else:  # exact per case: memory, KV bytes, token counts, device, dtype
+            info[key] = value
+    for key in SAMPLED_FIELDS:
+        info[f"{key}_samples"] = [s[key] for s in summaries]
+    info["itl_s"] = [list(r.itl_s) for r in results]
+    info["rounds"] = len(results)
+    return info

@@ -1,0 +1,200 @@
+"""kvperf's pytest plugin (entry point ``pytest11``): options, markers, fixtures and hooks.
+
+A benchmark file asks for ``kvperf_case`` (parametrized over the tier's cases of the experiment
+named by its ``kvperf_experiment`` marker) and ``kvperf_bench`` (runs a case or any
+``GenerationSpec`` under pytest-benchmark and fills ``benchmark.extra_info``)::
+
+    @pytest.mark.kvperf_experiment("matrix")
+    def test_generate(kvperf_case, kvperf_bench):
+        kvperf_bench(kvperf_case)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from transformers import PreTrainedModel
+
+from kvperf.bench import benchmark_generation, extra_info
+from kvperf.errors import KvperfError
+from kvperf.harness import GenerationResult
+from kvperf.models import load_config, load_model, max_positions
+from kvperf.spec import DTYPES, GenerationSpec, parse_dtype
+from kvperf.tiers import EXPERIMENTS, TIERS, Case, Tier, get_tier
+
+__all__ = ["KvperfConfig"]
+
+
+def _name_of(dtype: torch.dtype) -> str:
+    return next(name for name, (full, _) in DTYPES.items() if full == dtype)
+
+
+def _int_list(option: str, raw: str | None) -> tuple[int, ...] | None:
+    if raw is None:
+        return None
+    try:
+        values = tuple(int(v) for v in raw.split(",") if v.strip())
+    except ValueError:
+        raise KvperfError(f"{option} takes comma-separated integers, got {raw!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise KvperfError(f"{option} values must be positive integers, got {raw!r}")
+    return values
+
+
+def _positive(option: str, value: int | None, minimum: int = 1) -> int | None:
+    if value is not None and value < minimum:
+        raise KvperfError(f"{option} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class KvperfConfig:
+    """The benchmark run the user asked for on the command line."""
+
+    tier: Tier
+    device: str
+    dtypes: tuple[str, ...]
+    trust_remote_code: bool
+
+    @property
+    def model(self) -> str:
+        return self.tier.model
+
+    @classmethod
+    def from_pytest_config(cls, config: pytest.Config) -> KvperfConfig:
+        opt = config.getoption
+        tier = get_tier(opt("kvperf_tier")).with_overrides(
+            model=opt("kvperf_model"),
+            batch_sizes=_int_list("--kvperf-batch-sizes", opt("kvperf_batch_sizes")),
+            prompt_lens=_int_list("--kvperf-prompt-lens", opt("kvperf_prompt_lens")),
+            new_tokens=_positive("--kvperf-new-tokens", opt("kvperf_new_tokens"), minimum=2),
+            rounds=_positive("--kvperf-rounds", opt("kvperf_rounds")),
+            warmup_rounds=_positive("--kvperf-warmup", opt("kvperf_warmup"), minimum=0),
+        )
+        device = opt("kvperf_device")
+        try:
+            torch_device = torch.device(device)
+        except RuntimeError:
+            raise KvperfError(f"--kvperf-device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+        if torch_device.type not in ("cpu", "cuda"):
+            raise KvperfError(f"--kvperf-device {device!r} is not supported: use cpu, cuda or cuda:N")
+        raw_dtypes = opt("kvperf_dtypes")
+        if raw_dtypes is None:
+            raw_dtypes = "float32,bfloat16,float16" if torch_device.type == "cuda" else "float32,bfloat16"
+        try:
+            dtypes = tuple(dict.fromkeys(_name_of(parse_dtype(d)) for d in raw_dtypes.split(",") if d.strip()))
+        except KvperfError as exc:
+            raise KvperfError(f"--kvperf-dtypes: {exc}") from None
+        if not dtypes:
+            raise KvperfError("--kvperf-dtypes is empty: give e.g. float32,bfloat16")
+        model_config = load_config(tier.model, trust_remote_code=opt("kvperf_trust_remote_code"))
+        limit = max_positions(model_config)
+        if limit is not None and tier.max_total_len() > limit:
+            raise KvperfError(
+                f"tier {tier.name!r} reaches {tier.max_total_len()} positions (prompt + new tokens) but "
+                f"model {tier.model!r} has {limit}: pass shorter --kvperf-prompt-lens / --kvperf-new-tokens"
+            )
+        return cls(tier=tier, device=device, dtypes=dtypes,
+                   trust_remote_code=opt("kvperf_trust_remote_code"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kvperf", "kvperf KV-cache benchmarks")
+    group.addoption("--kvperf-tier", default="quick", help=f"benchmark tier: {', '.join(TIERS)} (default quick)")
+    group.addoption("--kvperf-model", default=None,
+                    help="preset, local directory or cached hub id (default: the tier's model)")
+    group.addoption("--kvperf-device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    group.addoption("--kvperf-dtypes", default=None,
+                    help="comma-separated dtypes (default float32,bfloat16 on CPU; float16 too on CUDA)")
+    group.addoption("--kvperf-batch-sizes", default=None, help="comma-separated batch sizes (override the tier)")
+    group.addoption("--kvperf-prompt-lens", default=None,
+                    help="comma-separated prompt lengths in tokens (override the tier)")
+    group.addoption("--kvperf-new-tokens", type=int, default=None, help="new tokens per sequence (override)")
+    group.addoption("--kvperf-rounds", type=int, default=None, help="timed rounds per case (override)")
+    group.addoption("--kvperf-warmup", type=int, default=None, help="untimed warm-up rounds per case (override)")
+    group.addoption("--kvperf-trust-remote-code", action="store_true", default=False,
+                    help="allow a hub model's own code to run (off by default)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped with a reason when none is present")
+    config.addinivalue_line("markers", "kvperf_experiment(name): which experiment's cases kvperf_case runs "
+                                       f"({', '.join(EXPERIMENTS)})")
+    try:
+        config.stash[_CONFIG_KEY] = KvperfConfig.from_pytest_config(config)
+    except KvperfError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+_CONFIG_KEY = pytest.StashKey["KvperfConfig"]()
+_MODELS_KEY = pytest.StashKey[dict[tuple[str, str, str], PreTrainedModel]]()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "kvperf_case" not in metafunc.fixturenames:
+        return
+    cfg = metafunc.config.stash[_CONFIG_KEY]
+    marker = metafunc.definition.get_closest_marker("kvperf_experiment")
+    experiment = marker.args[0] if marker and marker.args else "matrix"
+    marks = [pytest.mark.gpu] if torch.device(cfg.device).type == "cuda" else []
+    cases = cfg.tier.cases(experiment, cfg.dtypes)
+    metafunc.parametrize("kvperf_case", [pytest.param(c, id=c.id, marks=marks) for c in cases])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU, and torch.cuda.is_available() is False here")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def kvperf_config(pytestconfig: pytest.Config) -> KvperfConfig:
+    """The kvperf options of this run."""
+    return pytestconfig.stash[_CONFIG_KEY]
+
+
+@pytest.fixture(scope="session")
+def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Callable[[str], PreTrainedModel]:
+    """``kvperf_model(dtype)``: the run's model in that dtype, loaded once per session (never timed)."""
+    models = pytestconfig.stash.setdefault(_MODELS_KEY, {})
+
+    def get(dtype: str) -> PreTrainedModel:
+        key = (kvperf_config.model, dtype, kvperf_config.device)
+        if key not in models:
+            models[key] = load_model(kvperf_config.model, dtype=dtype, device=kvperf_config.device,
+                                     trust_remote_code=kvperf_config.trust_remote_code)
+        return models[key]
+
+    return get
+
+
+@pytest.fixture
+def kvperf_bench(
+    benchmark: Any, kvperf_config: KvperfConfig, kvperf_model: Callable[[str], PreTrainedModel]
+) -> Callable[..., list[GenerationResult]]:
+    """``kvperf_bench(case_or_spec, dtype=None)``: benchmark one case and record it in extra_info.
+
+    Accepts a ``Case`` from ``kvperf_case`` or any ``GenerationSpec`` (then in ``dtype``, by default
+    the first of ``--kvperf-dtypes``). Returns one ``GenerationResult`` per timed round.
+    """
+
+    def run(case: Case | GenerationSpec, dtype: str | None = None) -> list[GenerationResult]:
+        if isinstance(case, GenerationSpec):
+            case = Case("custom", case, dtype or kvperf_config.dtypes[0])
+        model = kvperf_model(case.dtype)
+        benchmark.group = case.experiment
+        results = benchmark_generation(benchmark, model, case.spec, rounds=kvperf_config.tier.rounds,
+                                       warmup_rounds=kvperf_config.tier.warmup_rounds)
+        benchmark.extra_info.update(extra_info(
+            results, experiment=case.experiment, tier=kvperf_config.tier.name, model=kvperf_config.model,
+        ))
+        return results
+
+    return run

@@ -1,0 +1,130 @@
+"""Benchmark tiers: which cases each experiment runs, on which model.
+
+``quick`` runs on every CI job on a CPU: ``tiny-gpt2``, every experiment at small sizes, in about a
+minute. ``full`` is the experiments of EXPERIMENTS.md at their real sizes on ``distilgpt2``, for a
+GPU runner or a patient CPU.
+
+Experiments (the names are the ``kvperf_experiment`` markers of ``benchmarks/``):
+
+* ``matrix``: cache on/off x batch sizes x prompt lengths, the regression grid.
+* ``length``: cache on vs off against the number of new tokens (EXPERIMENTS.md 1: O(n^2) vs O(n)).
+* ``batch``: throughput and per-token latency against batch size (EXPERIMENTS.md 2).
+* ``context``: per-token latency and memory against prompt length (EXPERIMENTS.md 3).
+* ``first_token``: TTFT against TPOT for a short prompt (EXPERIMENTS.md 4).
+
+Every case also records the KV-cache bytes measured from the tensors beside the formula
+(EXPERIMENTS.md 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from itertools import product
+
+from kvperf.errors import UsageError
+from kvperf.spec import GenerationSpec
+
+__all__ = ["EXPERIMENTS", "TIERS", "Case", "Tier", "get_tier"]
+
+EXPERIMENTS = ("matrix", "length", "batch", "context", "first_token")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case: an experiment's spec in one dtype."""
+
+    experiment: str
+    spec: GenerationSpec
+    dtype: str
+
+    @property
+    def id(self) -> str:
+        from kvperf.spec import parse_dtype
+
+        return self.spec.case_id(parse_dtype(self.dtype))
+
+
+@dataclass(frozen=True)
+class Tier:
+    """The cases of every experiment, the model they run on, and how often each is repeated."""
+
+    name: str
+    model: str
+    new_tokens: int
+    batch_sizes: tuple[int, ...]
+    prompt_lens: tuple[int, ...]
+    length_new_tokens: tuple[int, ...]
+    length_prompt_len: int
+    sweep_batch_sizes: tuple[int, ...]
+    batch_prompt_len: int
+    sweep_prompt_lens: tuple[int, ...]
+    first_token_prompt_len: int
+    rounds: int
+    warmup_rounds: int
+    experiments: tuple[str, ...] = field(default=EXPERIMENTS)
+
+    def specs(self, experiment: str) -> list[GenerationSpec]:
+        """The specs of one experiment, in a stable order."""
+        if experiment == "matrix":
+            return [GenerationSpec(cache=c, batch_size=b, prompt_len=p, new_tokens=self.new_tokens)
+                    for c, b, p in product(("on", "off"), self.batch_sizes, self.prompt_lens)]
+        if experiment == "length":
+            return [GenerationSpec(cache=c, batch_size=1, prompt_len=self.length_prompt_len, new_tokens=n)
+                    for c, n in product(("on", "off"), self.length_new_tokens)]
+        if experiment == "batch":
+            return [GenerationSpec(cache="on", batch_size=b, prompt_len=self.batch_prompt_len,
+                                   new_tokens=self.new_tokens) for b in self.sweep_batch_sizes]
+        if experiment == "context":
+            return [GenerationSpec(cache="on", batch_size=1, prompt_len=p, new_tokens=self.new_tokens)
+                    for p in self.sweep_prompt_lens]
+        if experiment == "first_token":
+            return [GenerationSpec(cache="on", batch_size=1, prompt_len=self.first_token_prompt_len,
+                                   new_tokens=self.new_tokens)]
+        raise UsageError(f"unknown experiment {experiment!r}: use one of {', '.join(EXPERIMENTS)}")
+
+    def cases(self, experiment: str, dtypes: tuple[str, ...]) -> list[Case]:
+        return [Case(experiment, spec, dtype) for spec in self.specs(experiment) for dtype in dtypes]
+
+    def with_overrides(self, *, batch_sizes: tuple[int, ...] | None = None,
+                       prompt_lens: tuple[int, ...] | None = None, new_tokens: int | None = None,
+                       rounds: int | None = None, warmup_rounds: int | None = None,
+                       model: str | None = None) -> Tier:
+        """The tier with the user's command-line choices applied (None keeps the tier's value)."""
+        changes: dict[str, object] = {}
+        if batch_sizes is not None:
+            changes.update(batch_sizes=batch_sizes, sweep_batch_sizes=batch_sizes)
+        if prompt_lens is not None:
+            changes.update(prompt_lens=prompt_lens, sweep_prompt_lens=prompt_lens)
+        for key, value in (("new_tokens", new_tokens), ("rounds", rounds),
+                           ("warmup_rounds", warmup_rounds), ("model", model)):
+            if value is not None:
+                changes[key] = value
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def max_total_len(self) -> int:
+        """The longest prompt + new tokens any case of this tier reaches."""
+        return max(s.total_len for e in self.experiments for s in self.specs(e))
+
+
+TIERS: dict[str, Tier] = {
+    "quick": Tier(
+        name="quick", model="tiny-gpt2", new_tokens=32,
+        batch_sizes=(1, 4), prompt_lens=(32, 128),
+        length_new_tokens=(8, 16, 32, 64, 128), length_prompt_len=8,
+        sweep_batch_sizes=(1, 2, 4, 8), batch_prompt_len=32, sweep_prompt_lens=(32, 64, 128, 256),
+        first_token_prompt_len=8, rounds=5, warmup_rounds=1,
+    ),
+    "full": Tier(
+        name="full", model="distilgpt2", new_tokens=128,
+        batch_sizes=(1, 4), prompt_lens=(128, 512),
+        length_new_tokens=(10, 50, 100, 250, 500), length_prompt_len=8,
+        sweep_batch_sizes=(1, 2, 4, 8, 16), batch_prompt_len=128, sweep_prompt_lens=(32, 128, 256, 512, 768),
+        first_token_prompt_len=8, rounds=3, warmup_rounds=1,
+    ),
+}
+
+
+def get_tier(name: str) -> Tier:
+    if name not in TIERS:
+        raise UsageError(f"unknown tier {name!r}: use one of {', '.join(TIERS)}")
+    return TIERS[name]
