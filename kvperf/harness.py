@@ -36,7 +36,16 @@ from kvperf.memory import peak_memory_bytes
 from kvperf.prompts import make_prompts, pad_token_id
 from kvperf.spec import GenerationSpec
 
-__all__ = ["GenerationResult", "GenerationTiming", "generate_kwargs", "run_generation", "time_generation"]
+__all__ = [
+    "GenerationResult",
+    "GenerationTiming",
+    "count_generated_tokens",
+    "generate_kwargs",
+    "measure_peak_memory",
+    "result_from_timing",
+    "run_generation",
+    "time_generation",
+]
 
 
 class _TokenClock(BaseStreamer):
@@ -153,8 +162,26 @@ def _generate(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Ten
                           **generate_kwargs(model, spec), **extra)
 
 
-def _count_generated(out: Any, prompt_len: int, spec: GenerationSpec) -> int:
-    generated = int(out.sequences[:, prompt_len:].numel())
+def _eos_ids(model: PreTrainedModel) -> set[int]:
+    ids: set[int] = set()
+    for source in (model.generation_config, model.config):
+        value = getattr(source, "eos_token_id", None)
+        ids.update(value if isinstance(value, list) else [value] if isinstance(value, int) else [])
+    return ids
+
+
+def count_generated_tokens(sequences: torch.Tensor, prompt_len: int, eos_ids: set[int]) -> int:
+    """Tokens generated per the output: in each row, every token after the prompt up to and including
+    its first EOS (what follows an EOS is padding), summed over the batch."""
+    total = 0
+    for row in sequences[:, prompt_len:].tolist():
+        end = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))
+        total += end
+    return total
+
+
+def _count_generated(model: PreTrainedModel, out: Any, prompt_len: int, spec: GenerationSpec) -> int:
+    generated = count_generated_tokens(out.sequences, prompt_len, _eos_ids(model))
     if generated != spec.batch_size * spec.new_tokens:
         raise RuntimeError(f"generate produced {generated} tokens, expected {spec.batch_size} x "
                            f"{spec.new_tokens}: min_new_tokens was not honoured")
@@ -184,7 +211,7 @@ def time_generation(
         e2e_s=end - start,
         ttft_s=stamps[0] - start,
         itl_s=tuple(b - a for a, b in zip(stamps, stamps[1:])),
-        generated_tokens=_count_generated(out, input_ids.shape[1], spec),
+        generated_tokens=_count_generated(model, out, input_ids.shape[1], spec),
         kv_cache_bytes=measure_cache_bytes(out.past_key_values) if spec.cache != "off" else 0,
     )
 

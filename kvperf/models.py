@@ -7,9 +7,10 @@ the shapes, not on the values.
 The values do matter for correctness tests, though. transformers' default initialisation (normal
 with std 0.02) makes every attention logit nearly zero, so attention is close to uniform and a cache
 that returns stale or permuted keys still yields the same greedy tokens. ``init_weights`` therefore
-scales every projection to unit gain (std ``gain / sqrt(fan_in)``) and draws embeddings with std 1:
-attention logits then have a spread of several units and the argmax depends on which positions are
-attended, which is what makes a broken cache visible (see ``tests/test_properties.py``).
+draws every projection with std ``gain / sqrt(fan_in)`` (gain 2) and embeddings with std 1: attention
+logits then spread over several units, attention is peaked (normalised entropy about 0.3-0.45 on the
+tiny presets, against 1.0 for uniform and for the default init), and the argmax depends on which
+positions are attended, which is what makes a broken cache visible (see ``tests/test_properties.py``).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def max_positions(config: PretrainedConfig) -> int | None:
     return None
 
 
-def init_weights(model: nn.Module, seed: int = 0, gain: float = 1.0) -> None:
+def init_weights(model: nn.Module, seed: int = 0, gain: float = 2.0) -> None:
     """Fill every parameter from a generator seeded with ``seed``, independently of the global RNG.
 
     Parameters are visited by name in sorted order, so the same model class, config and seed give
