@@ -63,10 +63,30 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(handler=_cmd_run)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kvperf.report import format_table, load_cases, make_plots, make_tables
+
+    cases = load_cases(args.results)
+    print("\n".join(format_table(t, args.format) for t in make_tables(cases)), end="")
+    if args.plots:
+        for path in make_plots(cases, args.plots):
+            print(f"wrote {path}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("report", help="tables (and plots) of the experiments in benchmark JSON files")
+    p.add_argument("results", nargs="+", help="files written by pytest benchmarks --benchmark-json=FILE")
+    p.add_argument("--format", choices=("text", "markdown"), default="text", help="table format")
+    p.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR (needs kvperf[plot])")
+    p.set_defaults(handler=_cmd_report)
+
+
 def build_parser() -> _Parser:
     parser = _Parser(prog="kvperf", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
+    _add_report(sub)
     return parser
 
 

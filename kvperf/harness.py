@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -158,8 +159,8 @@ def _device(model: PreTrainedModel) -> torch.device:
 
 def _generate(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
               attention_mask: torch.Tensor, **extra: Any) -> Any:
-    return model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                          **generate_kwargs(model, spec), **extra)
+    generate: Any = model.generate  # typed as a Tensor attribute by torch's nn.Module stubs
+    return generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs(model, spec), **extra)
 
 
 def _eos_ids(model: PreTrainedModel) -> set[int]:
@@ -210,7 +211,7 @@ def time_generation(
     return GenerationTiming(
         e2e_s=end - start,
         ttft_s=stamps[0] - start,
-        itl_s=tuple(b - a for a, b in zip(stamps, stamps[1:])),
+        itl_s=tuple(b - a for a, b in pairwise(stamps)),
         generated_tokens=_count_generated(model, out, input_ids.shape[1], spec),
         kv_cache_bytes=measure_cache_bytes(out.past_key_values) if spec.cache != "off" else 0,
     )

@@ -41,7 +41,7 @@ def model_bytes(model: nn.Module) -> int:
     return sum(seen.values())
 
 
-class LiveTensorBytes(TorchDispatchMode):
+class LiveTensorBytes(TorchDispatchMode):  # type: ignore[misc]
     """Counts the bytes of CPU tensor storages created under it that are still alive, and their peak."""
 
     def __init__(self) -> None:

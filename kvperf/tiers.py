@@ -22,11 +22,12 @@ from dataclasses import dataclass, field, replace
 from itertools import product
 
 from kvperf.errors import UsageError
-from kvperf.spec import GenerationSpec
+from kvperf.spec import CacheMode, GenerationSpec
 
 __all__ = ["EXPERIMENTS", "TIERS", "Case", "Tier", "get_tier"]
 
 EXPERIMENTS = ("matrix", "length", "batch", "context", "first_token")
+_ON_OFF: tuple[CacheMode, ...] = ("on", "off")
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,10 @@ class Tier:
         """The specs of one experiment, in a stable order."""
         if experiment == "matrix":
             return [GenerationSpec(cache=c, batch_size=b, prompt_len=p, new_tokens=self.new_tokens)
-                    for c, b, p in product(("on", "off"), self.batch_sizes, self.prompt_lens)]
+                    for c, b, p in product(_ON_OFF, self.batch_sizes, self.prompt_lens)]
         if experiment == "length":
             return [GenerationSpec(cache=c, batch_size=1, prompt_len=self.length_prompt_len, new_tokens=n)
-                    for c, n in product(("on", "off"), self.length_new_tokens)]
+                    for c, n in product(_ON_OFF, self.length_new_tokens)]
         if experiment == "batch":
             return [GenerationSpec(cache="on", batch_size=b, prompt_len=self.batch_prompt_len,
                                    new_tokens=self.new_tokens) for b in self.sweep_batch_sizes]

@@ -29,7 +29,7 @@ def test_prompts_contain_no_special_tokens(model):
 
 def test_left_padding_masks_the_start_of_each_row(model):
     spec = GenerationSpec(batch_size=3, prompt_len=8, new_tokens=2)
-    ids, mask = make_prompts(model, spec, left_pad=[0, 3, 7])
+    _, mask = make_prompts(model, spec, left_pad=[0, 3, 7])
     assert mask.sum(dim=1).tolist() == [8, 5, 1]
     assert mask[1].tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
 

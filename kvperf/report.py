@@ -1,0 +1,244 @@
+"""Reports: the experiments of a benchmark run as tables (terminal or Markdown) and plots.
+
+Input is the JSON that pytest-benchmark writes (``--benchmark-json`` or ``--benchmark-autosave``),
+with kvperf's fields in each benchmark's ``extra_info``. Plots need matplotlib
+(``pip install 'kvperf[plot]'``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvperf.errors import BadInputError, UsageError
+from kvperf.scaling import fit_power_law
+
+__all__ = ["Table", "format_table", "load_cases", "make_plots", "make_tables"]
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    notes: tuple[str, ...] = ()
+
+
+def format_table(table: Table, fmt: str = "text") -> str:
+    """Render ``table`` as aligned text or as a GitHub Markdown table."""
+    if fmt == "markdown":
+        lines = [f"### {table.title}", "", "| " + " | ".join(table.headers) + " |",
+                 "|" + "|".join(" --- " for _ in table.headers) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+        lines += ["", *(f"- {note}" for note in table.notes)] if table.notes else []
+        return "\n".join(lines) + "\n"
+    widths = [max(len(h), *(len(r[i]) for r in table.rows)) if table.rows else len(h)
+              for i, h in enumerate(table.headers)]
+    lines = [table.title, "  ".join(h.rjust(w) for h, w in zip(table.headers, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in table.rows]
+    lines += [f"  {note}" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def load_cases(paths: Iterable[str | Path]) -> list[Row]:
+    """The ``extra_info`` of every kvperf benchmark in the given pytest-benchmark JSON files."""
+    cases: list[Row] = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise BadInputError(f"results file {str(path)!r} does not exist: pass a --benchmark-json file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadInputError(f"results file {str(path)!r} is not readable JSON ({exc}): "
+                                "pass a file written by --benchmark-json") from None
+        benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
+        if not isinstance(benchmarks, list):
+            raise BadInputError(f"results file {str(path)!r} has no 'benchmarks' list: "
+                                "pass a file written by --benchmark-json")
+        cases += [b["extra_info"] for b in benchmarks
+                  if isinstance(b, dict) and "kvperf_schema" in b.get("extra_info", {})]
+    if not cases:
+        raise BadInputError("no kvperf cases in the given files: run `pytest benchmarks --benchmark-json=FILE`")
+    return cases
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.3f}" if nbytes >= 0 else "n/a"
+
+
+def _sorted(cases: Iterable[Row], *keys: str) -> list[Row]:
+    return sorted(cases, key=lambda c: tuple(c[k] for k in keys))
+
+
+def _by_experiment(cases: Iterable[Row]) -> dict[str, list[Row]]:
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for case in cases:
+        groups[case.get("experiment", "custom")].append(case)
+    return groups
+
+
+def _fit_note(label: str, xs: Sequence[float], ys: Sequence[float]) -> str:
+    if len(set(xs)) < 2:
+        return f"{label}: too few points for a fit"
+    return f"{label}: {fit_power_law(xs, ys).describe()}"
+
+
+def _length_table(cases: list[Row]) -> Table:
+    rows, notes = [], []
+    for dtype in sorted({c["dtype"] for c in cases}):
+        mine = [c for c in cases if c["dtype"] == dtype]
+        on = {c["new_tokens"]: c for c in mine if c["cache"] == "on"}
+        off = {c["new_tokens"]: c for c in mine if c["cache"] == "off"}
+        for n in sorted(on.keys() & off.keys()):
+            rows.append((dtype, str(n), _ms(on[n]["e2e_s"]), _ms(off[n]["e2e_s"]),
+                         f"{off[n]['e2e_s'] / on[n]['e2e_s']:.2f}x",
+                         _ms(on[n]["e2e_s"] / n), _ms(off[n]["e2e_s"] / n)))
+        for label, side in (("cache on", on), ("cache off", off)):
+            ns = sorted(side)
+            notes.append(_fit_note(f"{dtype} total time, {label}", ns, [side[n]["e2e_s"] for n in ns]))
+    return Table("Cache on vs off against output length (EXPERIMENTS.md 1)",
+                 ("dtype", "new tokens", "e2e on ms", "e2e off ms", "speedup", "per token on ms",
+                  "per token off ms"), tuple(rows), tuple(notes))
+
+
+def _batch_table(cases: list[Row]) -> Table:
+    rows = [(c["dtype"], str(c["batch_size"]), f"{c['tokens_per_s']:.1f}", _ms(c["itl_p50_s"]),
+             _ms(c["itl_p95_s"]), _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"]),
+             _mib(c["kv_cache_bytes"] / c["batch_size"]))
+            for c in _sorted(cases, "dtype", "batch_size")]
+    return Table("Batching, cache on (EXPERIMENTS.md 2)",
+                 ("dtype", "batch", "tokens/s", "ITL p50 ms", "ITL p95 ms", "peak MiB", "KV MiB",
+                  "KV MiB/seq"), tuple(rows))
+
+
+def _context_table(cases: list[Row]) -> Table:
+    ordered = _sorted(cases, "dtype", "prompt_len")
+    rows = [(c["dtype"], str(c["prompt_len"]), _ms(c["ttft_s"]), _ms(c["itl_p50_s"]), _ms(c["itl_p95_s"]),
+             _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"])) for c in ordered]
+    notes = []
+    for dtype in sorted({c["dtype"] for c in cases}):
+        mine = [c for c in ordered if c["dtype"] == dtype]
+        xs = [c["prompt_len"] + c["new_tokens"] - 1 for c in mine]
+        notes.append(_fit_note(f"{dtype} KV bytes against cached positions", xs,
+                               [c["kv_cache_bytes"] for c in mine]))
+        notes.append(_fit_note(f"{dtype} ITL p50 against prompt length", [c["prompt_len"] for c in mine],
+                               [c["itl_p50_s"] for c in mine]))
+    return Table("Context length, cache on, batch 1 (EXPERIMENTS.md 3)",
+                 ("dtype", "prompt", "TTFT ms", "ITL p50 ms", "ITL p95 ms", "peak MiB", "KV MiB"),
+                 tuple(rows), tuple(notes))
+
+
+def _first_token_table(cases: list[Row]) -> Table:
+    rows = [(c["dtype"], str(c["prompt_len"]), _ms(c["ttft_s"]), _ms(c["tpot_s"]),
+             f"{c['ttft_s'] / c['tpot_s']:.2f}") for c in _sorted(cases, "dtype", "prompt_len")]
+    return Table("First-token vs next-token latency (EXPERIMENTS.md 4)",
+                 ("dtype", "prompt", "TTFT ms", "TPOT ms", "TTFT / TPOT"), tuple(rows),
+                 ("TTFT is prefill plus the first token, after warm-up; TPOT = (e2e - TTFT) / (new - 1).",))
+
+
+def _matrix_table(cases: list[Row]) -> Table:
+    off = {(c["batch_size"], c["prompt_len"], c["new_tokens"], c["dtype"]): c for c in cases if c["cache"] == "off"}
+    rows = []
+    for c in _sorted(cases, "dtype", "batch_size", "prompt_len", "cache"):
+        twin = off.get((c["batch_size"], c["prompt_len"], c["new_tokens"], c["dtype"]))
+        speedup = f"{twin['e2e_s'] / c['e2e_s']:.2f}x" if twin and c["cache"] != "off" else ""
+        rows.append((c["cache"], str(c["batch_size"]), str(c["prompt_len"]), str(c["new_tokens"]), c["dtype"],
+                     _ms(c["ttft_s"]), _ms(c["tpot_s"]), _ms(c["e2e_s"]), f"{c['tokens_per_s']:.1f}", speedup,
+                     _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"])))
+    return Table("Benchmark matrix", ("cache", "batch", "prompt", "new", "dtype", "TTFT ms", "TPOT ms", "e2e ms",
+                                      "tokens/s", "vs off", "peak MiB", "KV MiB"), tuple(rows),
+                 ("'vs off': e2e with the cache off divided by e2e of this row (same batch, prompt, dtype).",))
+
+
+_BUILDERS: dict[str, Callable[[list[Row]], Table]] = {
+    "matrix": _matrix_table, "length": _length_table, "batch": _batch_table,
+    "context": _context_table, "first_token": _first_token_table,
+}
+
+
+def make_tables(cases: list[Row]) -> list[Table]:
+    """One table per experiment present in ``cases`` (custom cases go in the matrix layout)."""
+    tables = []
+    for experiment, group in sorted(_by_experiment(cases).items()):
+        tables.append(_BUILDERS.get(experiment, _matrix_table)(group))
+    return tables
+
+
+def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
+    """Write one PNG per plotted experiment into ``out_dir`` and return their paths."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("plots need matplotlib: pip install 'kvperf[plot]'") from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = _by_experiment(cases)
+    written: list[Path] = []
+
+    def save(fig: Any, name: str) -> None:
+        path = out / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    if "length" in groups:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        for (dtype, cache), mine in _series(groups["length"], "new_tokens"):
+            ns = [c["new_tokens"] for c in mine]
+            fit = fit_power_law(ns, [c["e2e_s"] for c in mine]) if len(set(ns)) > 1 else None
+            label = f"cache {cache}, {dtype}" + (f" (n^{fit.exponent:.2f})" if fit else "")
+            ax1.loglog(ns, [c["e2e_s"] for c in mine], "o-", label=label)
+            ax2.plot(ns, [c["e2e_s"] / c["new_tokens"] * 1e3 for c in mine], "o-", label=f"cache {cache}, {dtype}")
+        ax1.set(xlabel="new tokens", ylabel="total time (s)", title="Total time against length")
+        ax2.set(xlabel="new tokens", ylabel="time per token (ms)", title="Time per token")
+        ax1.legend(fontsize=7)
+        ax2.legend(fontsize=7)
+        save(fig, "length.png")
+    if "batch" in groups:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        for (dtype, _), mine in _series(groups["batch"], "batch_size"):
+            bs = [c["batch_size"] for c in mine]
+            ax1.plot(bs, [c["tokens_per_s"] for c in mine], "o-", label=dtype)
+            ax2.plot(bs, [c["kv_cache_bytes"] / 2**20 for c in mine], "o-", label=f"KV {dtype}")
+            ax2.plot(bs, [c["peak_memory_bytes"] / 2**20 for c in mine], "s--", label=f"peak {dtype}")
+        ax1.set(xlabel="batch size", ylabel="tokens/s", title="Throughput")
+        ax2.set(xlabel="batch size", ylabel="MiB", title="Memory")
+        ax1.legend(fontsize=7)
+        ax2.legend(fontsize=7)
+        save(fig, "batch.png")
+    if "context" in groups:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        for (dtype, _), mine in _series(groups["context"], "prompt_len"):
+            ps = [c["prompt_len"] for c in mine]
+            ax1.plot(ps, [c["itl_p50_s"] * 1e3 for c in mine], "o-", label=f"p50 {dtype}")
+            ax1.plot(ps, [c["itl_p95_s"] * 1e3 for c in mine], "s--", label=f"p95 {dtype}")
+            ax2.plot(ps, [c["kv_cache_bytes"] / 2**20 for c in mine], "o-", label=f"KV {dtype}")
+            ax2.plot(ps, [c["peak_memory_bytes"] / 2**20 for c in mine], "s--", label=f"peak {dtype}")
+        ax1.set(xlabel="prompt tokens", ylabel="inter-token latency (ms)", title="Per-token latency")
+        ax2.set(xlabel="prompt tokens", ylabel="MiB", title="Memory")
+        ax1.legend(fontsize=7)
+        ax2.legend(fontsize=7)
+        save(fig, "context.png")
+    return written
+
+
+def _series(cases: list[Row], x: str) -> list[tuple[tuple[str, str], list[Row]]]:
+    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for case in cases:
+        groups[(case["dtype"], case["cache"])].append(case)
+    return [(key, sorted(rows, key=lambda c: c[x])) for key, rows in sorted(groups.items())]
