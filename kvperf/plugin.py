@@ -74,6 +74,7 @@ class KvperfConfig:
             new_tokens=_positive("--kvperf-new-tokens", opt("kvperf_new_tokens"), minimum=2),
             rounds=_positive("--kvperf-rounds", opt("kvperf_rounds")),
             warmup_rounds=_positive("--kvperf-warmup", opt("kvperf_warmup"), minimum=0),
+            cpu_threads=_positive("--kvperf-threads", opt("kvperf_threads")),
         )
         device = opt("kvperf_device")
         try:
@@ -116,6 +117,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kvperf-new-tokens", type=int, default=None, help="new tokens per sequence (override)")
     group.addoption("--kvperf-rounds", type=int, default=None, help="timed rounds per case (override)")
     group.addoption("--kvperf-warmup", type=int, default=None, help="untimed warm-up rounds per case (override)")
+    group.addoption("--kvperf-threads", type=int, default=None,
+                    help="torch CPU threads while benchmarking (default: 1 in quick, torch's default in full)")
     group.addoption("--kvperf-trust-remote-code", action="store_true", default=False,
                     help="allow a hub model's own code to run (off by default)")
 
@@ -162,10 +165,15 @@ def kvperf_config(pytestconfig: pytest.Config) -> KvperfConfig:
 
 @pytest.fixture(scope="session")
 def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Callable[[str], PreTrainedModel]:
-    """``kvperf_model(dtype)``: the run's model in that dtype, loaded once per session (never timed)."""
+    """``kvperf_model(dtype)``: the run's model in that dtype, loaded once per session (never timed).
+
+    Also applies the tier's ``--kvperf-threads`` setting, since every benchmark asks for a model."""
     models = pytestconfig.stash.setdefault(_MODELS_KEY, {})
 
     def get(dtype: str) -> PreTrainedModel:
+        threads = kvperf_config.tier.cpu_threads
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         key = (kvperf_config.model, dtype, kvperf_config.device)
         if key not in models:
             models[key] = load_model(kvperf_config.model, dtype=dtype, device=kvperf_config.device,
@@ -194,6 +202,7 @@ def kvperf_bench(
                                        warmup_rounds=kvperf_config.tier.warmup_rounds)
         benchmark.extra_info.update(extra_info(
             results, experiment=case.experiment, tier=kvperf_config.tier.name, model=kvperf_config.model,
+            torch_threads=torch.get_num_threads(),
         ))
         return results
 

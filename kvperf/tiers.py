@@ -62,6 +62,10 @@ class Tier:
     first_token_prompt_len: int
     rounds: int
     warmup_rounds: int
+    #: CPU threads for torch (``torch.set_num_threads``); None keeps torch's default (one per core).
+    #: The quick tier uses 1: a tiny model gains nothing from intra-op threads, and on a shared
+    #: runner spinning OpenMP threads that compete for cores turn small noise into 10x outliers.
+    cpu_threads: int | None
     experiments: tuple[str, ...] = field(default=EXPERIMENTS)
 
     def specs(self, experiment: str) -> list[GenerationSpec]:
@@ -89,7 +93,7 @@ class Tier:
     def with_overrides(self, *, batch_sizes: tuple[int, ...] | None = None,
                        prompt_lens: tuple[int, ...] | None = None, new_tokens: int | None = None,
                        rounds: int | None = None, warmup_rounds: int | None = None,
-                       model: str | None = None) -> Tier:
+                       model: str | None = None, cpu_threads: int | None = None) -> Tier:
         """The tier with the user's command-line choices applied (None keeps the tier's value)."""
         changes: dict[str, object] = {}
         if batch_sizes is not None:
@@ -97,7 +101,7 @@ class Tier:
         if prompt_lens is not None:
             changes.update(prompt_lens=prompt_lens, sweep_prompt_lens=prompt_lens)
         for key, value in (("new_tokens", new_tokens), ("rounds", rounds),
-                           ("warmup_rounds", warmup_rounds), ("model", model)):
+                           ("warmup_rounds", warmup_rounds), ("model", model), ("cpu_threads", cpu_threads)):
             if value is not None:
                 changes[key] = value
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -113,14 +117,14 @@ TIERS: dict[str, Tier] = {
         batch_sizes=(1, 4), prompt_lens=(32, 128),
         length_new_tokens=(8, 16, 32, 64, 128), length_prompt_len=8,
         sweep_batch_sizes=(1, 2, 4, 8), batch_prompt_len=32, sweep_prompt_lens=(32, 64, 128, 256),
-        first_token_prompt_len=8, rounds=5, warmup_rounds=1,
+        first_token_prompt_len=8, rounds=5, warmup_rounds=1, cpu_threads=1,
     ),
     "full": Tier(
         name="full", model="distilgpt2", new_tokens=128,
         batch_sizes=(1, 4), prompt_lens=(128, 512),
         length_new_tokens=(10, 50, 100, 250, 500), length_prompt_len=8,
         sweep_batch_sizes=(1, 2, 4, 8, 16), batch_prompt_len=128, sweep_prompt_lens=(32, 128, 256, 512, 768),
-        first_token_prompt_len=8, rounds=3, warmup_rounds=1,
+        first_token_prompt_len=8, rounds=3, warmup_rounds=1, cpu_threads=None,
     ),
 }
 
