@@ -107,7 +107,7 @@ def _length_table(cases: list[Row]) -> Table:
         for label, side in (("cache on", on), ("cache off", off)):
             ns = sorted(side)
             notes.append(_fit_note(f"{dtype} total time, {label}", ns, [side[n]["e2e_s"] for n in ns]))
-    return Table("Cache on vs off against output length (EXPERIMENTS.md 1)",
+    return Table("Cache on vs off against output length (experiment 1)",
                  ("dtype", "new tokens", "e2e on ms", "e2e off ms", "speedup", "per token on ms",
                   "per token off ms"), tuple(rows), tuple(notes))
 
@@ -117,7 +117,7 @@ def _batch_table(cases: list[Row]) -> Table:
              _ms(c["itl_p95_s"]), _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"]),
              _mib(c["kv_cache_bytes"] / c["batch_size"]))
             for c in _sorted(cases, "dtype", "batch_size")]
-    return Table("Batching, cache on (EXPERIMENTS.md 2)",
+    return Table("Batching, cache on (experiment 2)",
                  ("dtype", "batch", "tokens/s", "ITL p50 ms", "ITL p95 ms", "peak MiB", "KV MiB",
                   "KV MiB/seq"), tuple(rows))
 
@@ -134,7 +134,7 @@ def _context_table(cases: list[Row]) -> Table:
                                [c["kv_cache_bytes"] for c in mine]))
         notes.append(_fit_note(f"{dtype} ITL p50 against prompt length", [c["prompt_len"] for c in mine],
                                [c["itl_p50_s"] for c in mine]))
-    return Table("Context length, cache on, batch 1 (EXPERIMENTS.md 3)",
+    return Table("Context length, cache on, batch 1 (experiment 3)",
                  ("dtype", "prompt", "TTFT ms", "ITL p50 ms", "ITL p95 ms", "peak MiB", "KV MiB"),
                  tuple(rows), tuple(notes))
 
@@ -142,7 +142,7 @@ def _context_table(cases: list[Row]) -> Table:
 def _first_token_table(cases: list[Row]) -> Table:
     rows = [(c["dtype"], str(c["prompt_len"]), _ms(c["ttft_s"]), _ms(c["tpot_s"]),
              f"{c['ttft_s'] / c['tpot_s']:.2f}") for c in _sorted(cases, "dtype", "prompt_len")]
-    return Table("First-token vs next-token latency (EXPERIMENTS.md 4)",
+    return Table("First-token vs next-token latency (experiment 4)",
                  ("dtype", "prompt", "TTFT ms", "TPOT ms", "TTFT / TPOT"), tuple(rows),
                  ("TTFT is prefill plus the first token, after warm-up; TPOT = (e2e - TTFT) / (new - 1).",))
 
