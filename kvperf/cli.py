@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from kvperf.errors import EXIT_BAD_INPUT, KvperfError
+from kvperf.errors import EXIT_BAD_INPUT, KvperfError, UsageError
 
 __all__ = ["main"]
 
@@ -63,6 +63,92 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(handler=_cmd_run)
 
 
+def _cmd_kv_size(args: argparse.Namespace) -> int:
+    from itertools import groupby
+
+    from kvperf.capacity import format_bytes, kv_size_report
+    from kvperf.kv_size import Quantization
+    from kvperf.models import load_config
+
+    config = load_config(args.model, trust_remote_code=args.trust_remote_code)
+    quantization = Quantization(args.backend, args.nbits, args.q_group_size, args.residual_length)
+    report = kv_size_report(args.model, config, batch_size=args.batch, seq_len=args.seq, dtype=args.dtype,
+                            cache=args.cache, quantization=quantization, device_memory=args.device_memory)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    report.pop("layer_bytes")
+    report["layer_windows"] = ", ".join(f"{'full' if w is None else w} x{len(list(run))}"
+                                        for w, run in groupby(report["layer_windows"]))
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        shown = format_bytes(value) if key.endswith("_bytes") and isinstance(value, int) else value
+        print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+def _add_kv_size(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("kv-size", help="KV-cache bytes per token and in all, and the longest context that fits")
+    p.add_argument("model", help="a preset, a model directory, a config.json, or a hub id in the local cache")
+    p.add_argument("--batch", type=int, default=1, help="sequences per batch")
+    p.add_argument("--seq", type=int, help="positions per sequence (default: the model's position limit)")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the config's dtype, else float32)")
+    p.add_argument("--cache", choices=("dynamic", "static", "quantized"), default="dynamic", help="cache class")
+    p.add_argument("--device-memory", metavar="BYTES|auto",
+                   help="memory for weights and cache: bytes, 24GiB, 80GB, ... or auto (free memory of "
+                        "the current GPU, through NVML); adds the longest context that fits")
+    p.add_argument("--backend", choices=("quanto", "fp8"), default="quanto", help="quantized cache backend")
+    p.add_argument("--nbits", type=int, default=4, help="quanto: bits per element (2 or 4)")
+    p.add_argument("--q-group-size", type=int, default=64, help="quanto: elements per scale and zero point")
+    p.add_argument("--residual-length", type=int, default=128, help="quanto: full-precision residual tokens")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a hub config's own code to run")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_cmd_kv_size)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from kvperf.baseline import load_baseline
+    from kvperf.compare import compare, parse_thresholds, render_markdown, render_table
+
+    thresholds = parse_thresholds(args.threshold)
+    if not 0 <= args.max_cpu_wait <= 1:
+        raise UsageError(f"--max-cpu-wait {args.max_cpu_wait} must be in [0, 1], e.g. 0.05")
+    comparison = compare(load_baseline(args.baseline), load_baseline(args.current), thresholds=thresholds,
+                         timings=args.timings, allow_env_mismatch=args.allow_env_mismatch,
+                         max_cpu_wait=args.max_cpu_wait)
+    if args.format == "json":
+        print(json.dumps(comparison.to_json(), indent=2))
+    elif args.format == "markdown":
+        print(render_markdown(comparison), end="")
+    else:
+        print(render_table(comparison, everything=args.all))
+    return comparison.exit_code
+
+
+def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
+    from kvperf.compare import MAX_CPU_WAIT, METRICS
+
+    p = sub.add_parser("compare", help="verdicts of a run against a baseline; exit 1 on a regression",
+                       description="Compare two kvperf result files (pytest-benchmark JSON). Exit codes: 0 no "
+                                   "regression, 1 at least one regression, 2 bad input.")
+    p.add_argument("baseline", help="the baseline JSON (e.g. baselines/<environment key>/quick.json)")
+    p.add_argument("current", help="the JSON of the run to judge (pytest benchmarks --benchmark-json=FILE)")
+    defaults = ", ".join(f"{m.name} {m.default_threshold_pct:g}" for m in METRICS)
+    p.add_argument("--threshold", action="append", default=[], metavar="METRIC=PCT",
+                   help=f"regression threshold of one metric in percent (repeatable); defaults: {defaults}")
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table", help="output format")
+    p.add_argument("--all", action="store_true", help="table: list unchanged verdicts too")
+    p.add_argument("--timings", choices=("gate", "auto", "skip"), default="gate",
+                   help="gate: compare timings, refuse another machine's baseline; auto: compare timings only "
+                        "when the machine matches; skip: deterministic metrics only (default gate)")
+    p.add_argument("--allow-env-mismatch", action="store_true",
+                   help="compare environments that differ in a field that matters")
+    p.add_argument("--max-cpu-wait", type=float, default=MAX_CPU_WAIT, metavar="SHARE",
+                   help=f"leave out rounds whose threads waited for a core longer than this share of the round "
+                        f"(default {MAX_CPU_WAIT})")
+    p.set_defaults(handler=_cmd_compare)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from kvperf.report import format_table, load_cases, make_plots, make_tables
 
@@ -86,7 +172,9 @@ def build_parser() -> _Parser:
     parser = _Parser(prog="kvperf", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
+    _add_kv_size(sub)
     _add_report(sub)
+    _add_compare(sub)
     return parser
 
 

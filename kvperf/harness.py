@@ -23,6 +23,7 @@ TTFT and TPOT are reported apart.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
@@ -52,11 +53,13 @@ __all__ = [
 class _TokenClock(BaseStreamer):
     """Records a timestamp for every batch of new tokens that ``generate`` hands to its streamer."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, slowdown: float = 0.0) -> None:
         self._sync = device.type == "cuda"
         self._device = device
         self._saw_prompt = False
         self.stamps_s: list[float] = []
+        self._slowdown = slowdown  # test-only, see _test_decode_slowdown(); 0.0 in every real run
+        self._resumed_s = 0.0
 
     def put(self, value: Any) -> None:
         if not self._saw_prompt:  # generate first streams the prompt itself
@@ -65,6 +68,19 @@ class _TokenClock(BaseStreamer):
         if self._sync:
             torch.cuda.synchronize(self._device)
         self.stamps_s.append(time.perf_counter())
+        if self._slowdown:
+            self._stall()
+
+    def _stall(self) -> None:
+        """Test-only: busy-wait ``slowdown`` times the work of the decode step that just ended (its
+        time since the previous stall ended), so every decode step costs ``1 + slowdown`` times as
+        much. Nothing is added after the first token, so TTFT is unchanged."""
+        now = self.stamps_s[-1]
+        if len(self.stamps_s) > 1:
+            until = now + self._slowdown * (now - self._resumed_s)
+            while time.perf_counter() < until:
+                pass
+        self._resumed_s = time.perf_counter()
 
     def end(self) -> None:
         pass
@@ -137,6 +153,25 @@ class GenerationResult:
         return data
 
 
+# Test-only hooks for kvperf's own regression-gate study (benchmarks/gate_study.py). Both are off
+# unless their environment variable is set, and cost one dictionary lookup per generate call when off.
+# Never set them in a real run: they make the measurements lie on purpose.
+#
+# KVPERF_TEST_DECODE_SLOWDOWN=0.1  every decode step busy-waits 10% of its own duration (in the
+#                                  token clock, so only timed calls slow down; TTFT is unchanged).
+# KVPERF_TEST_FORCE_CACHE_OFF=1    ``cache="on"`` specs run with ``use_cache=False``, still labelled
+#                                  ``on``: the silently disabled cache the deterministic metrics catch.
+
+
+def _test_decode_slowdown() -> float:
+    raw = os.environ.get("KVPERF_TEST_DECODE_SLOWDOWN")
+    return float(raw) if raw else 0.0
+
+
+def _test_force_cache_off() -> bool:
+    return os.environ.get("KVPERF_TEST_FORCE_CACHE_OFF", "") not in ("", "0")
+
+
 def generate_kwargs(model: PreTrainedModel, spec: GenerationSpec) -> dict[str, Any]:
     """The arguments kvperf passes to ``model.generate`` for ``spec`` (inputs excluded)."""
     kwargs: dict[str, Any] = {
@@ -144,7 +179,7 @@ def generate_kwargs(model: PreTrainedModel, spec: GenerationSpec) -> dict[str, A
         "min_new_tokens": spec.new_tokens,
         "do_sample": False,
         "num_beams": 1,
-        "use_cache": spec.cache != "off",
+        "use_cache": spec.cache != "off" and not (spec.cache == "on" and _test_force_cache_off()),
         "return_dict_in_generate": True,
         "pad_token_id": pad_token_id(model.config),
     }
@@ -159,6 +194,11 @@ def _device(model: PreTrainedModel) -> torch.device:
 
 def _generate(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
               attention_mask: torch.Tensor, **extra: Any) -> Any:
+    if spec.cache == "static" and hasattr(model, "_previous_max_cache_length"):
+        # generate() sizes a static cache to the largest length any earlier static call on this model
+        # used (to spare torch.compile a recompilation). kvperf does not compile, and a case's memory
+        # must not depend on which cases ran before it: size the cache for this spec alone.
+        del model._previous_max_cache_length
     generate: Any = model.generate  # typed as a Tensor attribute by torch's nn.Module stubs
     return generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs(model, spec), **extra)
 
@@ -197,7 +237,7 @@ def time_generation(
 ) -> GenerationTiming:
     """Time one ``generate`` call for ``spec`` on the given prompts (no warm-up, no memory pass)."""
     device = _device(model)
-    clock = _TokenClock(device)
+    clock = _TokenClock(device, slowdown=_test_decode_slowdown())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()

@@ -6,7 +6,7 @@ GPU runner or a patient CPU.
 
 Experiments (the names are the ``kvperf_experiment`` markers of ``benchmarks/``):
 
-* ``matrix``: cache on/off x batch sizes x prompt lengths, the regression grid.
+* ``matrix``: cache on (dynamic) / static / off x batch sizes x prompt lengths, the regression grid.
 * ``length``: cache on vs off against the number of new tokens (EXPERIMENTS.md 1: O(n^2) vs O(n)).
 * ``batch``: throughput and per-token latency against batch size (EXPERIMENTS.md 2).
 * ``context``: per-token latency and memory against prompt length (EXPERIMENTS.md 3).
@@ -28,6 +28,7 @@ __all__ = ["EXPERIMENTS", "TIERS", "Case", "Tier", "get_tier"]
 
 EXPERIMENTS = ("matrix", "length", "batch", "context", "first_token")
 _ON_OFF: tuple[CacheMode, ...] = ("on", "off")
+_MATRIX_CACHES: tuple[CacheMode, ...] = ("on", "static", "off")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Tier:
         """The specs of one experiment, in a stable order."""
         if experiment == "matrix":
             return [GenerationSpec(cache=c, batch_size=b, prompt_len=p, new_tokens=self.new_tokens)
-                    for c, b, p in product(_ON_OFF, self.batch_sizes, self.prompt_lens)]
+                    for c, b, p in product(_MATRIX_CACHES, self.batch_sizes, self.prompt_lens)]
         if experiment == "length":
             return [GenerationSpec(cache=c, batch_size=1, prompt_len=self.length_prompt_len, new_tokens=n)
                     for c, n in product(_ON_OFF, self.length_new_tokens)]

@@ -35,6 +35,13 @@ def test_kv_bytes_match_the_cached_positions(model):
     assert result.kv_cache_bytes == 2 * 2 * 2 * 64 * (16 + 9 - 1) * 4
 
 
+def test_static_cache_is_sized_for_each_spec_alone(model):
+    """generate() would reuse the largest static length of earlier calls; kvperf must not."""
+    run_generation(model, GenerationSpec(cache="static", prompt_len=64, new_tokens=9), warmup_runs=0)
+    small = run_generation(model, GenerationSpec(cache="static", prompt_len=16, new_tokens=9), warmup_runs=0)
+    assert small.kv_cache_bytes == 2 * 2 * 1 * 64 * (16 + 9 - 1) * 4
+
+
 def test_exactly_new_tokens_even_when_eos_is_likely(model):
     """min_new_tokens == max_new_tokens: a model that prefers EOS still produces every token."""
     biased = load_model("tiny-gpt2")

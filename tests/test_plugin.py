@@ -26,7 +26,7 @@ def test_custom(kvperf_bench):
 def test_cases_run_with_readable_ids_and_full_extra_info(pytester: pytest.Pytester):
     pytester.makepyfile(test_bench=BENCH_FILE)
     result = pytester.runpytest(*TINY, "--kvperf-dtypes", "float32,bf16", "--benchmark-json=out.json", "-v")
-    result.assert_outcomes(passed=9)
+    result.assert_outcomes(passed=13)  # 3 cache modes x 2 batch sizes x 2 dtypes, and the custom case
     result.stdout.fnmatch_lines(["*test_matrix?cache=on-bs=2-prompt=8-new=3-bf16? PASSED*"])
     data = json.loads((pytester.path / "out.json").read_text())
     by_name = {b["name"]: b for b in data["benchmarks"]}
@@ -69,5 +69,5 @@ def test_cuda_cases_skip_with_a_reason_on_a_cpu_machine(pytester: pytest.Pyteste
         pytest.skip("this machine has a GPU: the CUDA cases would run")
     pytester.makepyfile(test_bench=BENCH_FILE)
     result = pytester.runpytest(*TINY, "--kvperf-device", "cuda", "--kvperf-dtypes", "float16", "-rs", "-k", "matrix")
-    result.assert_outcomes(skipped=4)
+    result.assert_outcomes(skipped=6)
     result.stdout.fnmatch_lines(["*needs a CUDA GPU, and torch.cuda.is_available() is False here*"])

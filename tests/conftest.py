@@ -1,0 +1,34 @@
+"""Hypothesis profiles. ``ci`` (the default) is deterministic: the same examples on every run and
+machine, no example database, no deadline (CPU timings vary). ``dev`` explores more, at random.
+
+Select one with ``HYPOTHESIS_PROFILE=dev pytest tests/``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=50,
+    print_blob=True,
+    # Building a model per example is slow by hypothesis' standards, not by ours.
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    deadline=None,
+    max_examples=200,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+_profile = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+if _profile not in ("ci", "dev"):
+    raise ValueError(f"HYPOTHESIS_PROFILE={_profile!r} is not a profile of kvperf's tests: use ci or dev")
+settings.load_profile(_profile)
