@@ -14,10 +14,11 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from kvperf.harness import GenerationResult, GenerationTiming, measure_peak_memory, result_from_timing, \
-    time_generation
+from kvperf.env import Contention, CpuContention
+from kvperf.harness import GenerationResult, GenerationTiming, measure_peak_memory, result_from_timing, time_generation
 from kvperf.prompts import make_prompts
 from kvperf.spec import GenerationSpec
+from kvperf.work import measure_work
 
 __all__ = ["SCHEMA_VERSION", "benchmark_generation", "extra_info"]
 
@@ -37,18 +38,31 @@ def benchmark_generation(
     warmup_rounds: int,
 ) -> list[GenerationResult]:
     """Time ``spec`` with ``benchmark.pedantic`` (one generate call per round, after warm-up rounds),
-    then measure peak memory in one untimed call. Returns one result per timed round."""
+    then measure peak memory and count FLOPs (``kvperf.work``) in untimed calls. Returns one result
+    per timed round.
+
+    Also writes to ``benchmark.extra_info`` what the results don't carry: the FLOP counts, and
+    ``cpu_wait_samples`` and ``cpu_others_samples``, the CPU contention of every timed round
+    (``kvperf.env.CpuContention``), which let a comparison leave out rounds that another process
+    slowed down."""
     input_ids, attention_mask = make_prompts(model, spec)
     timings: list[GenerationTiming] = []
+    contention: list[Contention] = []
 
     def one_call() -> None:
+        meter = CpuContention()
+        meter.start()
         timings.append(time_generation(model, spec, input_ids, attention_mask))
+        contention.append(meter.stop())
 
     benchmark.pedantic(one_call, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
     # Warm-up rounds run the same function; keep only the timed rounds. With --benchmark-disable,
     # pytest-benchmark calls it once and there is nothing to drop.
     timed = timings[-rounds:] if len(timings) > rounds else timings
     peak = measure_peak_memory(model, spec, input_ids, attention_mask)
+    benchmark.extra_info.update(measure_work(model, spec, input_ids, attention_mask).summary())
+    benchmark.extra_info["cpu_wait_samples"] = [c.wait for c in contention[-len(timed):]]
+    benchmark.extra_info["cpu_others_samples"] = [c.others for c in contention[-len(timed):]]
     return [result_from_timing(model, spec, timing, peak) for timing in timed]
 
 

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import torch
 from transformers import PreTrainedModel
 
-from kvperf.bench import benchmark_generation, extra_info
+from kvperf.baseline import BASELINE_DIR, Baseline, baseline_from_json, baseline_path, load_baseline
+from kvperf.baseline import write_baseline as write_baseline
+from kvperf.bench import SCHEMA_VERSION, benchmark_generation, extra_info
+from kvperf.compare import Comparison, TimingMode, compare, parse_thresholds, render_table
+from kvperf.env import Environment, current_environment, mismatched_fields
 from kvperf.errors import KvperfError
 from kvperf.harness import GenerationResult
 from kvperf.models import load_config, load_model, max_positions
@@ -121,6 +126,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="torch CPU threads while benchmarking (default: 1 in quick, torch's default in full)")
     group.addoption("--kvperf-trust-remote-code", action="store_true", default=False,
                     help="allow a hub model's own code to run (off by default)")
+    # Baselines and the regression gate (kvperf.baseline, kvperf.compare). Options with an optional
+    # value take it with "=": `pytest benchmarks --kvperf-compare=FILE`.
+    group.addoption("--kvperf-save-baseline", nargs="?", const=_DEFAULT, default=None, metavar="DIR",
+                    help=f"save this run as the baseline of its environment: DIR/<environment key>/<tier>.json "
+                         f"(DIR default: {BASELINE_DIR}/ in the project root)")
+    group.addoption("--kvperf-overwrite-baseline", action="store_true", default=False,
+                    help="let --kvperf-save-baseline replace an existing baseline")
+    group.addoption("--kvperf-compare", nargs="?", const=_DEFAULT, default=None, metavar="PATH",
+                    help="compare this run with PATH (default: the saved baseline of this environment) and "
+                         "fail the session on a regression")
+    group.addoption("--kvperf-threshold", action="append", default=[], metavar="METRIC=PCT",
+                    help="regression threshold of one metric in percent, e.g. tpot=5 (repeatable)")
+    group.addoption("--kvperf-timings", choices=("gate", "auto", "skip"), default="gate",
+                    help="gate: compare timings (refuse another machine's baseline); auto: only when the "
+                         "machine matches; skip: deterministic metrics only (default gate)")
+    group.addoption("--kvperf-allow-env-mismatch", action="store_true", default=False,
+                    help="compare against a baseline from a different environment anyway")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -129,6 +151,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                        f"({', '.join(EXPERIMENTS)})")
     try:
         config.stash[_CONFIG_KEY] = KvperfConfig.from_pytest_config(config)
+        config.stash[_GATE_KEY] = _Gate.from_pytest_config(config)
     except KvperfError as exc:
         raise pytest.UsageError(str(exc)) from None
 
@@ -207,3 +230,145 @@ def kvperf_bench(
         return results
 
     return run
+
+
+# Baselines and the regression gate ------------------------------------------------------------------
+
+_DEFAULT = "<default>"  # the const of --kvperf-save-baseline / --kvperf-compare given without a value
+
+
+def _environment(config: pytest.Config) -> Environment:
+    """This session's environment fingerprint, computed once."""
+    if _ENV_KEY not in config.stash:
+        cfg = config.stash[_CONFIG_KEY]
+        threads = getattr(cfg.tier, "cpu_threads", None)
+        config.stash[_ENV_KEY] = current_environment(torch.device(cfg.device).type, root=config.rootpath,
+                                                     torch_threads=threads)
+    return config.stash[_ENV_KEY]
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """What to do with this session's results: save them as a baseline, compare them with one."""
+
+    save_path: Path | None
+    overwrite: bool
+    baseline: Baseline | None
+    thresholds: dict[str, float]
+    timings: TimingMode
+    allow_env_mismatch: bool
+
+    @classmethod
+    def from_pytest_config(cls, config: pytest.Config) -> _Gate:
+        opt = config.getoption
+        save, compare_to = opt("kvperf_save_baseline"), opt("kvperf_compare")
+        thresholds = parse_thresholds(opt("kvperf_threshold"))
+        gate = cls(save_path=None, overwrite=opt("kvperf_overwrite_baseline"), baseline=None,
+                   thresholds=thresholds, timings=cast(TimingMode, opt("kvperf_timings")),
+                   allow_env_mismatch=opt("kvperf_allow_env_mismatch"))
+        if save is None and compare_to is None:
+            return gate
+        env, tier = _environment(config), config.stash[_CONFIG_KEY].tier.name
+        default_dir = config.rootpath / BASELINE_DIR
+        save_path = None
+        if save is not None:
+            save_path = baseline_path(default_dir if save == _DEFAULT else Path(save), env.key(), tier)
+            if save_path.exists() and not gate.overwrite:
+                raise KvperfError(f"{save_path}: a baseline already exists: pass --kvperf-overwrite-baseline to "
+                                  "replace it on purpose, or --kvperf-save-baseline=DIR to save elsewhere")
+        baseline = None
+        if compare_to is not None:
+            path = baseline_path(default_dir, env.key(), tier) if compare_to == _DEFAULT else Path(compare_to)
+            if compare_to == _DEFAULT and not path.exists():
+                raise KvperfError(f"no baseline for this environment ({path}): save one first with "
+                                  "`pytest benchmarks --kvperf-save-baseline`, or pass --kvperf-compare=FILE")
+            baseline = load_baseline(path)
+            # Refuse a baseline from another environment now, before the benchmarks run.
+            exact = mismatched_fields(baseline.environment, env, timings=False)
+            timing = mismatched_fields(baseline.environment, env, timings=gate.timings == "gate")
+            if (exact or timing) and not gate.allow_env_mismatch:
+                raise KvperfError(f"{path}: baseline environment differs in {'; '.join(timing or exact)}: use the "
+                                  "baseline of this environment, --kvperf-timings auto (deterministic metrics "
+                                  "only), or --kvperf-allow-env-mismatch")
+        return cls(save_path=save_path, overwrite=gate.overwrite, baseline=baseline, thresholds=thresholds,
+                   timings=gate.timings, allow_env_mismatch=gate.allow_env_mismatch)
+
+
+_GATE_KEY = pytest.StashKey[_Gate]()
+_ENV_KEY = pytest.StashKey[Environment]()
+_OUTCOME_KEY = pytest.StashKey[list[str]]()
+_COMPARISON_KEY = pytest.StashKey[Comparison]()
+
+
+def _ran_kvperf(config: pytest.Config) -> bool:
+    session = getattr(config, "_benchmarksession", None)
+    return any("kvperf_schema" in getattr(b, "extra_info", {}) for b in getattr(session, "benchmarks", []))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    """Record the environment fingerprint in every JSON that kvperf benchmarks are written to."""
+    if _ran_kvperf(config):
+        machine_info["kvperf"] = _environment(config).to_json()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_json: dict[str, Any]) -> None:
+    """Mark a JSON holding kvperf benchmarks with kvperf's schema version: it is then a baseline."""
+    if any("kvperf_schema" in (b.get("extra_info") or {}) for b in output_json.get("benchmarks", [])):
+        output_json["kvperf"] = {"schema": SCHEMA_VERSION}
+
+
+def _session_json(config: pytest.Config) -> dict[str, Any]:
+    """This session's results as pytest-benchmark writes them for --benchmark-json (its own hooks)."""
+    session = config._benchmarksession  # type: ignore[attr-defined]
+    machine_info = session.get_machine_info()
+    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
+    config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit_info)
+    output: dict[str, Any] = config.hook.pytest_benchmark_generate_json(
+        config=config, benchmarks=session.benchmarks, include_data=True, machine_info=machine_info,
+        commit_info=commit_info)
+    config.hook.pytest_benchmark_update_json(config=config, benchmarks=session.benchmarks, output_json=output)
+    return output
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    gate = config.stash.get(_GATE_KEY, None)
+    if gate is None or (gate.save_path is None and gate.baseline is None):
+        return
+    lines = config.stash.setdefault(_OUTCOME_KEY, [])
+    if not _ran_kvperf(config):
+        lines.append("kvperf: no kvperf benchmark ran, so nothing was saved or compared")
+        return
+    data = _session_json(config)
+    try:
+        if gate.baseline is not None:
+            current = baseline_from_json(data, "this run")
+            comparison = compare(gate.baseline, current, thresholds=gate.thresholds, timings=gate.timings,
+                                 allow_env_mismatch=gate.allow_env_mismatch, flag_prefix="--kvperf-")
+            config.stash[_COMPARISON_KEY] = comparison
+            if comparison.regressions and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if gate.save_path is not None and exitstatus != pytest.ExitCode.OK:
+            lines.append(f"kvperf: baseline not saved: the session did not pass (exit {int(exitstatus)})")
+        elif gate.save_path is not None:
+            written = write_baseline(data, gate.save_path, overwrite=gate.overwrite)
+            lines.append(f"kvperf: saved baseline {written}")
+    except KvperfError as exc:
+        lines.append(f"kvperf: error: {exc}")
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    comparison = config.stash.get(_COMPARISON_KEY, None)
+    lines = config.stash.get(_OUTCOME_KEY, [])
+    if comparison is None and not lines:
+        return
+    terminalreporter.section("kvperf baseline")
+    if comparison is not None:
+        for line in render_table(comparison).splitlines():
+            terminalreporter.write_line(line, red=bool(comparison.regressions) and line.startswith("verdict"))
+    for line in lines:
+        terminalreporter.write_line(line)

@@ -1,0 +1,201 @@
+"""Does the regression gate work? The A/A, sensitivity and cache-disabled study of the README.
+
+Not a pytest file (pytest collects only ``test_*.py``): run it by hand, on a machine you want
+figures for. It takes 30-60 minutes on a 2-core CPU runner.
+
+    python benchmarks/gate_study.py collect --out /tmp/gate   # the runs (JSON files)
+    python benchmarks/gate_study.py analyze --out /tmp/gate   # the tables (Markdown)
+
+``collect`` repeats, ``--pairs`` times (10 by default), an iteration of:
+
+* two runs of the quick tier (``pytest benchmarks -k 'not overhead' --benchmark-json``; the harness
+  overhead benchmark is not a kvperf case): one A/A pair;
+* one run of ``--slow-k`` cases (``test_matrix`` by default) per ``--slowdowns`` level, with every
+  decode step slowed by that fraction (``KVPERF_TEST_DECODE_SLOWDOWN``, a test-only hook of
+  ``kvperf.harness``);
+* one run of the same cases with the cache forced off under its ``cache=on`` label
+  (``KVPERF_TEST_FORCE_CACHE_OFF``).
+
+The runs of an iteration follow each other, so each pair's two sides are minutes apart, as a
+baseline and a pull request's run would be at best. Every run holds ``flock /tmp/kvperf-timing.lock``
+so that other timing jobs on a shared machine wait for it (and it for them).
+
+``analyze`` compares, for each iteration i: the A/A pair (first run as baseline, second as current),
+and every slowed or cache-off run against the first A/A run of its iteration. It counts kvperf's
+``regressed`` verdicts (default thresholds) and, on the same pairs, the benchmarks that
+pytest-benchmark's own ``--benchmark-compare-fail=median:5%`` would fail (its own check class,
+applied to the two files' stats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+LOCK = "/tmp/kvperf-timing.lock"
+
+
+def _pytest(out: Path, name: str, k: str, env_extra: dict[str, str], extra: list[str]) -> None:
+    target = out / f"{name}.json"
+    if target.exists():  # resumable: a finished run is kept
+        return
+    env = {**os.environ, **env_extra}
+    cmd = [sys.executable, "-m", "pytest", str(REPO / "benchmarks"), "-q", "-p", "no:cacheprovider",
+           "-k", k, f"--benchmark-json={out / (name + '.part')}", *extra]
+    if shutil.which("flock"):
+        cmd = ["flock", LOCK, *cmd]
+    start = time.monotonic()
+    with (out / f"{name}.log").open("w") as log:
+        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    if rc != 0:
+        raise SystemExit(f"gate_study: {name} failed (exit {rc}); see {out / (name + '.log')}")
+    (out / f"{name}.part").rename(target)
+    print(f"{name}: {time.monotonic() - start:.0f} s", flush=True)
+
+
+def collect(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = args.pytest_args.split() if args.pytest_args else []
+    for i in range(args.pairs):
+        _pytest(out, f"aa{i:02d}a", "not overhead", {}, extra)
+        _pytest(out, f"aa{i:02d}b", "not overhead", {}, extra)
+        for level in args.slowdowns:
+            _pytest(out, f"slow{round(level * 100):02d}_{i:02d}", args.slow_k,
+                    {"KVPERF_TEST_DECODE_SLOWDOWN": str(level)}, extra)
+        _pytest(out, f"cacheoff_{i:02d}", args.slow_k, {"KVPERF_TEST_FORCE_CACHE_OFF": "1"}, extra)
+
+
+def _pb_failures(baseline: Path, current: Path, check_spec: str) -> int:
+    """Benchmarks that pytest-benchmark's ``--benchmark-compare-fail=<check_spec>`` fails."""
+    import json
+
+    from pytest_benchmark.utils import parse_compare_fail
+
+    check = parse_compare_fail(check_spec)
+    base = {b["fullname"]: b["stats"] for b in json.loads(baseline.read_text())["benchmarks"]}
+    failures = 0
+    for bench in json.loads(current.read_text())["benchmarks"]:
+        if bench["fullname"] in base and check.fails(bench["stats"], base[bench["fullname"]]):
+            failures += 1
+    return failures
+
+
+THRESHOLDS: dict[str, float] = {}
+
+
+def _kvperf(baseline: Path, current: Path) -> Any:
+    from kvperf.baseline import load_baseline
+    from kvperf.compare import compare
+
+    return compare(load_baseline(baseline), load_baseline(current), thresholds=THRESHOLDS)
+
+
+def _aa_floor(out: Path, pairs: list[str]) -> list[str]:
+    """Per timing metric, the largest lower bound of the 95% interval of the slowdown seen in A/A: the
+    smallest threshold at which these A/A pairs would have had no regressed verdict."""
+    from kvperf.baseline import load_baseline
+    from kvperf.compare import METRICS, compare
+
+    timing = [m for m in METRICS if m.timing]
+    zero = {m.name: 0.0 for m in timing}
+    worst = {m.name: 0.0 for m in timing}
+    for i in pairs:
+        cmp = compare(load_baseline(out / f"aa{i}a.json"), load_baseline(out / f"aa{i}b.json"), thresholds=zero)
+        for v in cmp.verdicts:
+            if v.metric in worst and v.ci_low is not None and v.ci_high is not None:
+                cost_low = 1 / v.ci_high if v.metric == "tokens_per_s" else v.ci_low
+                worst[v.metric] = max(worst[v.metric], (cost_low - 1) * 100)
+    return [f"| {name} | {value:.1f}% |" for name, value in worst.items()]
+
+
+def analyze(args: argparse.Namespace) -> None:
+    from kvperf.compare import parse_thresholds
+
+    THRESHOLDS.update(parse_thresholds(args.threshold))
+    out = Path(args.out)
+    pairs = sorted(p.name[2:4] for p in out.glob("aa*b.json"))
+    if args.pairs:
+        pairs = [p for p in pairs if p in {f"{int(v):02d}" for v in args.pairs.split(",")}]
+    lines = ["## A/A: the quick tier against itself", "",
+             "| pair | kvperf regressed verdicts | kvperf exit | timing verdicts too noisy | "
+             "pytest-benchmark median:5% failing benchmarks |", "|---|---|---|---|---|"]
+    aa_flagged = pb_flagged = 0
+    for i in pairs:
+        cmp = _kvperf(out / f"aa{i}a.json", out / f"aa{i}b.json")
+        pb = _pb_failures(out / f"aa{i}a.json", out / f"aa{i}b.json", "median:5%")
+        aa_flagged += cmp.exit_code
+        pb_flagged += pb > 0
+        counts = cmp.counts()
+        lines.append(f"| {i} | {counts['regressed']} | {cmp.exit_code} | {counts['noisy']} of "
+                     f"{sum(v.metric in ('e2e', 'ttft', 'tpot', 'tokens_per_s') for v in cmp.verdicts)} | {pb} |")
+    lines += ["", f"Pairs failed: kvperf {aa_flagged} of {len(pairs)}, pytest-benchmark median:5% "
+              f"{pb_flagged} of {len(pairs)}. Thresholds: {THRESHOLDS or 'defaults'}.", "",
+              "Largest A/A slowdown that kvperf was 95% sure of, per metric (the smallest threshold with no "
+              "A/A regression on these pairs):", "", "| metric | A/A floor |", "|---|---|",
+              *_aa_floor(out, pairs), ""]
+    levels = sorted({p.name.split("_")[0][4:] for p in out.glob("slow*_*.json")})
+    lines += ["## Sensitivity: decode steps slowed on purpose", "",
+              "| slowdown | pairs flagged by kvperf | TPOT regressed (cases, all pairs) | "
+              "pairs flagged by pytest-benchmark median:5% |", "|---|---|---|---|"]
+    for level in levels:
+        flagged = pb_hits = tpot_hits = tpot_total = 0
+        runs = [r for r in sorted(out.glob(f"slow{level}_*.json")) if r.stem.split("_")[1] in pairs]
+        for run in runs:
+            i = run.stem.split("_")[1]
+            cmp = _kvperf(out / f"aa{i}a.json", run)
+            flagged += cmp.exit_code
+            pb_hits += _pb_failures(out / f"aa{i}a.json", run, "median:5%") > 0
+            tpot = [v for v in cmp.verdicts if v.metric == "tpot" and v.verdict not in ("new", "missing")]
+            tpot_total += len(tpot)
+            tpot_hits += sum(v.verdict == "regressed" for v in tpot)
+        lines.append(f"| {int(level)}% | {flagged} of {len(runs)} | {tpot_hits} of {tpot_total} | "
+                     f"{pb_hits} of {len(runs)} |")
+    runs = [r for r in sorted(out.glob("cacheoff_*.json")) if r.stem.split("_")[1] in pairs]
+    lines += ["", "## Cache disabled under a cache=on label", "",
+              "| pair | kvperf exit | FLOPs/token regressed (cache=on cases) | KV bytes changed |", "|---|---|---|---|"]
+    for run in runs:
+        i = run.stem.split("_")[1]
+        cmp = _kvperf(out / f"aa{i}a.json", run)
+        flops = [v for v in cmp.verdicts if v.metric == "flops_per_token" and "cache=on" in v.case
+                 and v.verdict not in ("new", "missing")]
+        kv = [v for v in cmp.verdicts if v.metric == "kv_bytes" and "cache=on" in v.case
+              and v.verdict not in ("new", "missing")]
+        lines.append(f"| {i} | {cmp.exit_code} | {sum(v.verdict == 'regressed' for v in flops)} of {len(flops)} | "
+                     f"{sum(v.verdict != 'unchanged' for v in kv)} of {len(kv)} |")
+    report = "\n".join(lines) + "\n"
+    (out / f"gate_study{'-' + args.tag if args.tag else ''}.md").write_text(report)
+    print(report)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="run the benchmarks (resumable)")
+    c.add_argument("--out", required=True, help="directory for the JSON files and logs")
+    c.add_argument("--pairs", type=int, default=10, help="iterations (A/A pairs), default 10")
+    c.add_argument("--slowdowns", type=lambda s: [float(v) for v in s.split(",")], default=[0.05, 0.10, 0.20],
+                   help="comma-separated decode slowdowns, default 0.05,0.10,0.20")
+    c.add_argument("--slow-k", default="test_matrix", help="pytest -k of the slowed and cache-off runs")
+    c.add_argument("--pytest-args", default="", help="extra pytest arguments for every run")
+    c.set_defaults(func=collect)
+    a = sub.add_parser("analyze", help="compare the runs and print the tables")
+    a.add_argument("--out", required=True, help="directory written by collect")
+    a.add_argument("--threshold", action="append", default=[], metavar="METRIC=PCT",
+                   help="kvperf thresholds to analyse with (default: kvperf's defaults)")
+    a.add_argument("--pairs", default=None, help="comma-separated pair numbers to use (default: all)")
+    a.add_argument("--tag", default="", help="suffix of the report's file name")
+    a.set_defaults(func=analyze)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

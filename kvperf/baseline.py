@@ -1,0 +1,197 @@
+"""Baselines: pytest-benchmark JSON files that kvperf can trust, read and write.
+
+A baseline is exactly the JSON that pytest-benchmark writes (``--benchmark-json``), so that
+``pytest-benchmark compare FILE`` still reads it, with two additions made by kvperf's plugin:
+
+* ``machine_info["kvperf"]``: the environment fingerprint (``kvperf.env.Environment``) with its key;
+* ``"kvperf": {"schema": N}`` at the top level, the version of kvperf's layout, and in every kvperf
+  benchmark ``extra_info["kvperf_schema"]`` (see ``kvperf.bench``).
+
+Baselines live under ``baselines/<environment key>/<tier>.json``, so that a run finds the baseline
+of its own environment. Writing is atomic: the JSON goes to a temporary file in the same directory,
+which is then linked (when refusing to replace) or renamed over the target, so a reader never sees
+half a file and an interrupted write leaves the old baseline intact.
+
+Every problem with an input file raises ``BadInputError`` with a one-line message that names the
+file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvperf.env import Environment
+from kvperf.errors import BadInputError
+
+__all__ = [
+    "BASELINE_DIR",
+    "Baseline",
+    "CaseKey",
+    "baseline_from_json",
+    "baseline_path",
+    "dumps",
+    "load_baseline",
+    "write_baseline",
+]
+
+#: Default directory of baselines, relative to the project root.
+BASELINE_DIR = "baselines"
+
+#: A case is matched across files by its benchmark name (which holds every parameter of the case,
+#: dtype included) and its model.
+CaseKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A kvperf result file: where it came from, its environment, and the ``extra_info`` of each case."""
+
+    source: str
+    schema: int
+    environment: Environment
+    cases: dict[CaseKey, dict[str, Any]]
+    #: Benchmarks in the file that kvperf did not write (no ``kvperf_schema``); not compared.
+    foreign_benchmarks: int = 0
+
+
+def baseline_path(directory: str | Path, environment_key: str, tier: str) -> Path:
+    """``<directory>/<environment key>/<tier>.json``."""
+    return Path(directory) / environment_key / f"{tier}.json"
+
+
+def dumps(data: dict[str, Any]) -> str:
+    """Serialise as pytest-benchmark does (its encoder turns unserialisable parameters into text)."""
+    from pytest_benchmark.utils import safe_dumps
+
+    return str(safe_dumps(data, ensure_ascii=True, indent=4))
+
+
+def _supported_schema() -> int:
+    # Imported here: kvperf.bench pulls in torch, which `kvperf compare` never needs otherwise.
+    from kvperf.bench import SCHEMA_VERSION
+
+    return SCHEMA_VERSION
+
+
+def _kvperf_schema(value: Any, where: str, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadInputError(f"{source}: {where} is {value!r}, not a kvperf schema version: "
+                            "regenerate the file with `pytest benchmarks --benchmark-json=FILE`")
+    supported = _supported_schema()
+    if value > supported:
+        raise BadInputError(f"{source}: written by a newer kvperf (schema {value}, this kvperf reads up to "
+                            f"{supported}): upgrade kvperf (`pip install -U kvperf`)")
+    return value
+
+
+def baseline_from_json(data: Any, source: str) -> Baseline:
+    """Check that ``data`` (parsed JSON) is a kvperf result file and index its cases."""
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise BadInputError(f"{source}: not a pytest-benchmark JSON file (no 'benchmarks' list): "
+                            "pass a file written by `pytest benchmarks --benchmark-json=FILE`")
+    block = data.get("kvperf")
+    if not isinstance(block, dict) or "schema" not in block:
+        raise BadInputError(f"{source}: not a kvperf baseline (no 'kvperf' schema block): pass a file written "
+                            "by `pytest benchmarks` with kvperf installed (--benchmark-json or "
+                            "--kvperf-save-baseline)")
+    schema = _kvperf_schema(block["schema"], "'kvperf.schema'", source)
+    machine = data.get("machine_info")
+    env_data = machine.get("kvperf") if isinstance(machine, dict) else None
+    if not isinstance(env_data, dict):
+        raise BadInputError(f"{source}: no environment fingerprint (machine_info.kvperf): regenerate the "
+                            "file with kvperf's pytest plugin enabled")
+    try:
+        environment = Environment.from_json(env_data)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"{source}: bad environment fingerprint ({exc}): regenerate the file") from None
+    cases: dict[CaseKey, dict[str, Any]] = {}
+    foreign = 0
+    for index, bench in enumerate(data["benchmarks"]):
+        info = bench.get("extra_info") if isinstance(bench, dict) else None
+        if not isinstance(info, dict) or "kvperf_schema" not in info:
+            foreign += 1
+            continue
+        _kvperf_schema(info["kvperf_schema"], f"benchmarks[{index}].extra_info.kvperf_schema", source)
+        name = bench.get("name")
+        if not isinstance(name, str):
+            raise BadInputError(f"{source}: benchmarks[{index}] has no name: the file is damaged, regenerate it")
+        key = (name, str(info.get("model", "")))
+        if key in cases:
+            raise BadInputError(f"{source}: case {name} (model {key[1]}) appears twice: keep one run per file")
+        cases[key] = info
+    if not cases:
+        raise BadInputError(f"{source}: holds no kvperf benchmark (no extra_info.kvperf_schema): pass a file "
+                            "from a run of kvperf's benchmarks")
+    return Baseline(source=source, schema=schema, environment=environment, cases=cases,
+                    foreign_benchmarks=foreign)
+
+
+def load_baseline(path: str | Path) -> Baseline:
+    """Read and check a kvperf result file; ``BadInputError`` (one line) on any problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInputError(f"{source}: no such file: check the path, or save a baseline first with "
+                            "`pytest benchmarks --kvperf-save-baseline`") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{source}: is a directory: pass the JSON file inside it") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise BadInputError(f"{source}: cannot read the file ({reason}): check its permissions and "
+                            "encoding") from None
+    if not text.strip():
+        raise BadInputError(f"{source}: is empty: regenerate it with `pytest benchmarks --benchmark-json=FILE`")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = "truncated" if exc.pos >= len(text.rstrip()) - 1 else "not valid JSON"
+        raise BadInputError(f"{source}: {hint} (line {exc.lineno}, column {exc.colno}): regenerate the file, "
+                            "an interrupted write or a bad merge can leave it like this") from None
+    return baseline_from_json(data, source)
+
+
+def write_baseline(data: dict[str, Any], path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``data`` (pytest-benchmark's JSON with kvperf's additions) to ``path`` atomically.
+
+    Refuses to replace an existing file unless ``overwrite``: the file is then left untouched and
+    ``BadInputError`` says how to replace it. Returns the path written.
+    """
+    target = Path(path)
+    baseline_from_json(data, str(target))  # never write something kvperf could not read back
+    if target.exists() and not overwrite:
+        raise _exists(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; a baseline is meant to be shared
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(dumps(data))
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)  # fails if the target appeared meanwhile: never replaces
+            except FileExistsError:
+                raise _exists(target) from None
+            except OSError:  # a file system without hard links
+                if target.exists():
+                    raise _exists(target) from None
+                os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _exists(target: Path) -> BadInputError:
+    return BadInputError(f"{target}: a baseline already exists: pass --kvperf-overwrite-baseline to replace it "
+                         "on purpose, or save to another directory with --kvperf-save-baseline=DIR")

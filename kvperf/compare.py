@@ -1,0 +1,460 @@
+"""Noise-aware verdicts: two kvperf result files in, one verdict per case and metric out.
+
+Cases are matched by benchmark name (which holds every parameter, dtype included) and model. Each
+metric of a matched case gets ``improved``, ``unchanged`` or ``regressed``; a case only in the
+current file is ``new``, one only in the baseline ``missing``.
+
+**Deterministic metrics** (FLOPs per token, KV-cache bytes, peak memory on CPU) are the same on
+every run, so they are compared exactly: any increase is a regression (a tolerance can be set per
+metric; on CUDA, where the allocator's peak can move a little, peak memory gets 2%).
+
+**Timings** (e2e, TTFT, TPOT, tokens/s) are compared on their raw per-round samples:
+
+1. Rounds during which kvperf's own threads waited for a core more than ``max_cpu_wait`` of the
+   time (5% by default; ``cpu_wait_samples``, see ``kvperf.env.CpuContention``) are left out on both
+   sides: another process slowed them, not the code. (A quiet round waits well under 1%; one that
+   shares its core with another process 10% to 100%.) With fewer than ``MIN_QUIET_ROUNDS`` quiet rounds on either
+   side the metric is ``unchanged`` and flagged ``noisy``: there is too little clean data to judge.
+2. The ratio of the medians of the quiet rounds (current / baseline, as a cost: for tokens/s the
+   inverse) gets a 95% percentile-bootstrap interval (``kvperf.stats``, seeded per case and metric, so
+   verdicts are reproducible).
+3. ``regressed`` when the whole interval lies above ``1 + threshold``: the slowdown is larger than the
+   threshold *and* that is statistically significant. ``improved`` when it lies below
+   ``1 / (1 + threshold)``. Otherwise ``unchanged``.
+
+The threshold covers what the samples of one run cannot: drift between runs (another VM on the
+host, frequency, memory placement). The interval covers the round-to-round noise inside a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from kvperf.baseline import Baseline
+from kvperf.env import mismatched_fields
+from kvperf.errors import BadInputError, UsageError
+from kvperf.stats import median, ratio_interval, stable_seed
+
+__all__ = [
+    "METRICS",
+    "MIN_QUIET_ROUNDS",
+    "Comparison",
+    "Metric",
+    "TimingMode",
+    "Verdict",
+    "compare",
+    "default_thresholds",
+    "parse_thresholds",
+    "render_markdown",
+    "render_table",
+]
+
+TimingMode = Literal["gate", "auto", "skip"]
+VerdictName = Literal["improved", "unchanged", "regressed", "new", "missing"]
+
+#: Fewest quiet rounds a side needs for a timing verdict other than a ``noisy`` unchanged.
+MIN_QUIET_ROUNDS = 3
+#: Default ``max_cpu_wait``: rounds whose threads waited for a core longer than this share of the
+#: round are left out.
+MAX_CPU_WAIT = 0.05
+#: Other processes' average CPU use (in cores) during a run above which a comparison warns.
+BUSY_MACHINE_CORES = 0.25
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A compared metric: its name on the command line, where it is in ``extra_info``, and how to judge it."""
+
+    name: str
+    field: str
+    label: str
+    unit: str
+    timing: bool
+    higher_is_better: bool
+    default_threshold_pct: float
+    #: The same on any machine with the same software (FLOPs, KV bytes). CPU peak memory is exact on one
+    #: machine, but the kernels torch picks for another CPU's instruction set (bf16 above all) can
+    #: allocate differently, so it is compared only between runs of the same machine.
+    portable: bool = False
+
+    @property
+    def samples_field(self) -> str:
+        return f"{self.field}_samples"
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("e2e", "e2e_s", "e2e", "s", timing=True, higher_is_better=False, default_threshold_pct=5.0),
+    # Prefill of a small prompt takes about a millisecond on CPU: its relative noise is the largest.
+    Metric("ttft", "ttft_s", "TTFT", "s", timing=True, higher_is_better=False, default_threshold_pct=10.0),
+    Metric("tpot", "tpot_s", "TPOT", "s", timing=True, higher_is_better=False, default_threshold_pct=5.0),
+    Metric("tokens_per_s", "tokens_per_s", "tokens/s", "tok/s", timing=True, higher_is_better=True,
+           default_threshold_pct=5.0),
+    Metric("peak_memory", "peak_memory_bytes", "peak memory", "B", timing=False, higher_is_better=False,
+           default_threshold_pct=0.0),
+    Metric("kv_bytes", "kv_cache_bytes", "KV bytes", "B", timing=False, higher_is_better=False,
+           default_threshold_pct=0.0, portable=True),
+    Metric("flops_per_token", "flops_per_token", "FLOPs/token", "FLOP", timing=False, higher_is_better=False,
+           default_threshold_pct=0.0, portable=True),
+)
+_BY_NAME = {m.name: m for m in METRICS}
+
+
+def default_thresholds(device_type: str = "cpu") -> dict[str, float]:
+    """Threshold per metric, in percent. CUDA peak memory gets 2% (allocator rounding and workspaces)."""
+    thresholds = {m.name: m.default_threshold_pct for m in METRICS}
+    if device_type == "cuda":
+        thresholds["peak_memory"] = 2.0
+    return thresholds
+
+
+def parse_thresholds(items: Iterable[str]) -> dict[str, float]:
+    """``["tpot=3", "e2e=7.5%"]`` -> ``{"tpot": 3.0, "e2e": 7.5}``; ``UsageError`` naming a bad item."""
+    parsed: dict[str, float] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or name not in _BY_NAME:
+            raise UsageError(f"bad threshold {item!r}: write METRIC=PCT with METRIC one of "
+                             f"{', '.join(_BY_NAME)}, e.g. tpot=5")
+        try:
+            value = float(raw.strip().removesuffix("%"))
+        except ValueError:
+            raise UsageError(f"bad threshold {item!r}: {raw!r} is not a percentage, e.g. {name}=5") from None
+        if not 0 <= value < 1000:
+            raise UsageError(f"bad threshold {item!r}: use a percentage in [0, 1000), e.g. {name}=5")
+        parsed[name] = value
+    return parsed
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One case and metric: the verdict, both values, the relative change and, for timings, the
+    confidence interval of the ratio current / baseline."""
+
+    case: str
+    model: str
+    metric: str
+    verdict: VerdictName
+    baseline: float | None = None
+    current: float | None = None
+    #: ``current / baseline - 1`` of the displayed values.
+    change: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    threshold_pct: float | None = None
+    #: Too few quiet rounds to judge: reported as ``unchanged``, but nothing was tested.
+    noisy: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Every verdict of one comparison, with what was and wasn't compared."""
+
+    baseline_source: str
+    current_source: str
+    verdicts: tuple[Verdict, ...]
+    timings_compared: bool
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def regressions(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.verdict == "regressed"]
+
+    @property
+    def exit_code(self) -> int:
+        """0 without a regression, 1 with at least one."""
+        return 1 if self.regressions else 0
+
+    def counts(self) -> dict[str, int]:
+        names: tuple[VerdictName, ...] = ("regressed", "improved", "unchanged", "new", "missing")
+        counts: dict[str, int] = {name: sum(v.verdict == name for v in self.verdicts) for name in names}
+        counts["noisy"] = sum(v.noisy for v in self.verdicts)
+        return counts
+
+    def to_json(self) -> dict[str, Any]:
+        return {"baseline": self.baseline_source, "current": self.current_source,
+                "timings_compared": self.timings_compared, "notes": list(self.notes),
+                "exit_code": self.exit_code, "counts": self.counts(),
+                "verdicts": [asdict(v) for v in self.verdicts]}
+
+
+def _check_environments(baseline: Baseline, current: Baseline, timings: TimingMode, allow_env_mismatch: bool,
+                        flag_prefix: str) -> tuple[bool, bool, list[str]]:
+    """Whether timings are compared, whether the machines count as the same, and notes.
+    ``BadInputError`` for a mismatch that isn't allowed."""
+    b_env, c_env = baseline.environment, current.environment
+    exact = mismatched_fields(b_env, c_env, timings=False)
+    machine = [f for f in mismatched_fields(b_env, c_env, timings=True) if f not in exact]
+    allow = f"{flag_prefix}allow-env-mismatch"
+    if exact and not allow_env_mismatch:
+        raise BadInputError(f"environments differ in {'; '.join(exact)}: compare runs of the same software and "
+                            f"device, or pass {allow} to compare anyway")
+    notes = [f"environments differ, compared anyway ({allow}): {'; '.join(exact + machine)}"] \
+        if allow_env_mismatch and (exact or machine) else []
+    same_machine = allow_env_mismatch or not machine
+    if not same_machine:
+        if timings == "gate":
+            raise BadInputError(f"timing environments differ in {'; '.join(machine)}: compare runs from one "
+                                f"machine, pass {flag_prefix}timings auto to compare only the deterministic "
+                                f"metrics, or {allow} to compare timings anyway")
+        notes.append(f"timings and peak memory not compared: the machines differ in {'; '.join(machine)}")
+    elif timings == "skip":
+        notes.append(f"timings not compared ({flag_prefix}timings skip)")
+    return same_machine and timings != "skip", same_machine, notes
+
+
+def _quiet(info: dict[str, Any], samples: Sequence[float], max_cpu_wait: float) -> list[float]:
+    waits = info.get("cpu_wait_samples")
+    if not isinstance(waits, list) or len(waits) != len(samples):
+        return list(samples)
+    return [s for s, wait in zip(samples, waits, strict=True)
+            if not isinstance(wait, (int, float)) or wait <= max_cpu_wait]
+
+
+def _samples(info: dict[str, Any], metric: Metric) -> list[float] | None:
+    raw = info.get(metric.samples_field)
+    if isinstance(raw, list) and raw and all(isinstance(v, (int, float)) and v > 0 for v in raw):
+        return [float(v) for v in raw]
+    return None
+
+
+def _number(info: dict[str, Any], key: str) -> float | None:
+    value = info.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _timing_verdict(case: str, model: str, metric: Metric, b_info: dict[str, Any], c_info: dict[str, Any],
+                    threshold_pct: float, max_cpu_wait: float) -> Verdict:
+    base_all, cur_all = _samples(b_info, metric), _samples(c_info, metric)
+    common = Verdict(case=case, model=model, metric=metric.name, verdict="unchanged", threshold_pct=threshold_pct)
+    if base_all is None or cur_all is None:
+        b, c = _number(b_info, metric.field), _number(c_info, metric.field)
+        return replace(common, verdict="unchanged", baseline=b, current=c,
+                       change=c / b - 1 if b and c is not None else None, noisy=True,
+                       note="no raw samples: not tested")
+    base, cur = _quiet(b_info, base_all, max_cpu_wait), _quiet(c_info, cur_all, max_cpu_wait)
+    if len(base) < MIN_QUIET_ROUNDS or len(cur) < MIN_QUIET_ROUNDS:
+        b, c = median(base or base_all), median(cur or cur_all)
+        return replace(common, verdict="unchanged", baseline=b, current=c, change=c / b - 1, noisy=True,
+                       note=f"noisy: quiet rounds {len(base)}/{len(base_all)} baseline, "
+                            f"{len(cur)}/{len(cur_all)} current (need {MIN_QUIET_ROUNDS})")
+    interval = ratio_interval(base, cur, seed=stable_seed(case, model, metric.name))
+    # As a cost: above 1 is worse, whichever way the metric points.
+    if metric.higher_is_better:
+        cost_low, cost_high = 1 / interval.high, 1 / interval.low
+    else:
+        cost_low, cost_high = interval.low, interval.high
+    limit = 1 + threshold_pct / 100
+    verdict: VerdictName = "unchanged"
+    if cost_low > limit:
+        verdict = "regressed"
+    elif cost_high < 1 / limit:
+        verdict = "improved"
+    dropped = (len(base_all) - len(base)) + (len(cur_all) - len(cur))
+    return replace(common, verdict=verdict, baseline=median(base), current=median(cur),
+                   change=interval.estimate - 1, ci_low=interval.low, ci_high=interval.high,
+                   note=f"{dropped} busy round(s) left out" if dropped else "")
+
+
+def _exact_verdict(case: str, model: str, metric: Metric, b_info: dict[str, Any], c_info: dict[str, Any],
+                   threshold_pct: float) -> Verdict:
+    b, c = _number(b_info, metric.field), _number(c_info, metric.field)
+    common = Verdict(case=case, model=model, metric=metric.name, verdict="unchanged", threshold_pct=threshold_pct)
+    if b is None and c is None:
+        return replace(common, verdict="unchanged", note="not recorded on either side")
+    if b is None:
+        return replace(common, verdict="new", current=c, note="not in the baseline")
+    if c is None:
+        return replace(common, verdict="missing", baseline=b, note="not in the current run")
+    if b < 0 or c < 0:  # -1: not measured
+        return replace(common, verdict="unchanged", baseline=b, current=c, note="not measured")
+    change = c / b - 1 if b else (0.0 if c == 0 else float("inf"))
+    cost = c / b if b else (1.0 if c == 0 else float("inf"))
+    if metric.higher_is_better:
+        cost = b / c if c else float("inf")
+    limit = 1 + threshold_pct / 100
+    verdict: VerdictName = "regressed" if cost > limit else "improved" if cost < 1 / limit else "unchanged"
+    return replace(common, verdict=verdict, baseline=b, current=c, change=change)
+
+
+def compare(
+    baseline: Baseline,
+    current: Baseline,
+    *,
+    thresholds: dict[str, float] | None = None,
+    timings: TimingMode = "gate",
+    allow_env_mismatch: bool = False,
+    max_cpu_wait: float = MAX_CPU_WAIT,
+    flag_prefix: str = "--",
+) -> Comparison:
+    """Verdicts for every case and metric of ``current`` against ``baseline``.
+
+    ``thresholds`` (percent, by metric name) override ``default_thresholds``. ``timings``: ``gate``
+    compares timings and refuses environments whose machine fields differ; ``auto`` compares timings
+    and peak memory only when the machines match (FLOPs and KV bytes always); ``skip`` never compares
+    timings. ``flag_prefix`` spells option names in messages
+    (``--`` for the CLI, ``--kvperf-`` for pytest). Raises ``BadInputError`` for environments that
+    differ in a field that matters, unless ``allow_env_mismatch``.
+    """
+    limits = {**default_thresholds(current.environment.device_type), **(thresholds or {})}
+    timings_compared, same_machine, notes = _check_environments(baseline, current, timings, allow_env_mismatch,
+                                                                flag_prefix)
+    metrics = [m for m in METRICS if (timings_compared or not m.timing) and (same_machine or m.portable)]
+    verdicts: list[Verdict] = []
+    for key in sorted(set(baseline.cases) | set(current.cases), key=_case_order):
+        name, model = key
+        b_info, c_info = baseline.cases.get(key), current.cases.get(key)
+        for metric in metrics:
+            if b_info is None or c_info is None:
+                verdicts.append(Verdict(case=name, model=model, metric=metric.name,
+                                        verdict="new" if b_info is None else "missing",
+                                        baseline=None if b_info is None else _number(b_info, metric.field),
+                                        current=None if c_info is None else _number(c_info, metric.field)))
+            elif metric.timing:
+                verdicts.append(_timing_verdict(name, model, metric, b_info, c_info, limits[metric.name],
+                                                max_cpu_wait))
+            else:
+                verdicts.append(_exact_verdict(name, model, metric, b_info, c_info, limits[metric.name]))
+    if timings_compared:
+        busy = {side: _others(result) for side, result in (("baseline", baseline), ("current", current))}
+        if any(v is not None and v > BUSY_MACHINE_CORES for v in busy.values()):
+            shown = " and ".join(f"{v:.2f} during the {side} run" for side, v in busy.items() if v is not None)
+            notes.append(f"other processes used {shown} (CPU cores, on average): on a shared machine timings "
+                         "drift between runs by more than their rounds show; read timing verdicts with care")
+    for side, result in (("baseline", baseline), ("current", current)):
+        if result.foreign_benchmarks:
+            notes.append(f"{result.foreign_benchmarks} non-kvperf benchmark(s) in the {side} file not compared")
+    return Comparison(baseline_source=baseline.source, current_source=current.source,
+                      verdicts=tuple(verdicts), timings_compared=timings_compared, notes=tuple(notes))
+
+
+def _others(result: Baseline) -> float | None:
+    """CPU cores other processes used during a run's timed rounds, on average (None: not recorded)."""
+    values = [v for info in result.cases.values() for v in info.get("cpu_others_samples") or []
+              if isinstance(v, (int, float))]
+    return sum(values) / len(values) if values else None
+
+
+def _case_order(key: tuple[str, str]) -> tuple[str, str]:
+    return key[1], key[0]
+
+
+# Rendering: a terminal table, GitHub-flavoured Markdown, JSON (``Comparison.to_json``).
+
+_METRIC_LABEL = {m.name: m.label for m in METRICS}
+_METRIC_UNIT = {m.name: m.unit for m in METRICS}
+_MARK = {"regressed": "❌ regressed", "improved": "✅ improved", "unchanged": "unchanged", "new": "🆕 new",
+         "missing": "⚠️ missing"}
+
+
+def _format_value(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    unit = _METRIC_UNIT[metric]
+    if unit == "s":
+        return f"{value * 1e3:.4g} ms"
+    if unit == "tok/s":
+        return f"{value:.4g} tok/s"
+    if unit == "B":
+        return f"{value:,.0f} B"
+    return f"{value:,.0f}"
+
+
+def _format_change(v: Verdict) -> str:
+    if v.change is None:
+        return "-"
+    if v.change == float("inf"):
+        return "+inf"
+    return f"{v.change * 100:+.1f}%"
+
+
+def _format_ci(v: Verdict) -> str:
+    if v.ci_low is None or v.ci_high is None:
+        return ""
+    return f"[{(v.ci_low - 1) * 100:+.1f}%, {(v.ci_high - 1) * 100:+.1f}%]"
+
+
+def _rows(comparison: Comparison, everything: bool) -> list[list[str]]:
+    rows: list[list[str]] = []
+    seen_whole_case: set[tuple[str, str]] = set()
+    for v in comparison.verdicts:
+        if v.verdict in ("new", "missing"):  # a whole case: one row for all its metrics
+            if (v.case, v.model) in seen_whole_case or v.note:
+                if v.note:
+                    rows.append([v.case, _METRIC_LABEL[v.metric], v.verdict, _format_value(v.metric, v.baseline),
+                                 _format_value(v.metric, v.current), "-", "", v.note])
+                continue
+            seen_whole_case.add((v.case, v.model))
+            rows.append([v.case, "all", v.verdict, "-", "-", "-", "", f"case only in the "
+                         f"{'current run' if v.verdict == 'new' else 'baseline'}"])
+            continue
+        if v.verdict == "unchanged" and not everything:
+            continue
+        threshold = f"±{v.threshold_pct:g}%" if v.threshold_pct is not None else ""
+        note = "; ".join(part for part in (v.note, f"threshold {threshold}" if v.verdict != "unchanged" else "")
+                         if part)
+        rows.append([v.case, _METRIC_LABEL[v.metric], v.verdict, _format_value(v.metric, v.baseline),
+                     _format_value(v.metric, v.current), _format_change(v), _format_ci(v), note])
+    return rows
+
+
+_HEADER = ["case", "metric", "verdict", "baseline", "current", "change", "95% CI of change", "note"]
+
+
+def _summary(comparison: Comparison) -> str:
+    counts = comparison.counts()
+    parts = [f"{counts[name]} {name}" for name in ("regressed", "improved", "unchanged", "new", "missing")]
+    noisy = f" ({counts['noisy']} timing verdict(s) too noisy to test)" if counts["noisy"] else ""
+    return ", ".join(parts) + noisy
+
+
+def render_table(comparison: Comparison, *, everything: bool = False) -> str:
+    """A plain-text table for a terminal: every verdict that isn't ``unchanged`` (all with
+    ``everything``), then the counts and the notes."""
+    rows = _rows(comparison, everything)
+    lines = [f"kvperf compare: {comparison.baseline_source} -> {comparison.current_source}"]
+    if rows:
+        widths = [max(len(row[i]) for row in [_HEADER, *rows]) for i in range(len(_HEADER))]
+        for row in [_HEADER, ["-" * w for w in widths], *rows]:
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    lines.append(_summary(comparison))
+    lines.extend(f"note: {note}" for note in comparison.notes)
+    lines.append("verdict: REGRESSION" if comparison.regressions else "verdict: no regression")
+    return "\n".join(lines)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_table(rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
+    for row in rows:
+        cells = [f"`{_md_escape(row[0])}`", *(_md_escape(c) for c in row[1:])]
+        cells[2] = _MARK.get(row[2], row[2])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(comparison: Comparison) -> str:
+    """Markdown for a CI job summary or a pull-request comment: the verdict, the changed metrics, and
+    every verdict in a collapsed section."""
+    title = "❌ Performance regression" if comparison.regressions else "✅ No performance regression"
+    lines = [f"### kvperf: {title}", "",
+             f"Baseline `{comparison.baseline_source}`, current `{comparison.current_source}`.", "",
+             f"**{_summary(comparison)}**", ""]
+    lines.extend(f"> {note}" for note in comparison.notes)
+    if comparison.notes:
+        lines.append("")
+    changed = _rows(comparison, everything=False)
+    if changed:
+        lines.extend(_md_table(changed))
+        lines.append("")
+    lines += ["<details><summary>All verdicts</summary>", "", *_md_table(_rows(comparison, everything=True)), "",
+              "</details>", "",
+              "Timings: regressed when the whole 95% bootstrap interval of the median ratio lies beyond the "
+              "threshold, rounds with CPU contention left out. FLOPs, KV bytes and CPU memory: exact."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,297 @@
+"""The environment a result was measured in: its fingerprint, its key, and how busy the CPU was.
+
+Timings only mean something next to the machine and the software that produced them, so every
+result carries an ``Environment``: CPU model and usable cores, torch's thread count, device type,
+GPU name, memory and driver (through pynvml, where present), the torch / transformers / Python
+versions, and the git commit with a dirty flag. The plugin adds it to pytest-benchmark's
+``machine_info`` (key ``kvperf``).
+
+Not every field matters to every metric (see ``fields_that_matter``):
+
+* the deterministic metrics (FLOPs, KV bytes, CPU peak memory) depend on the software and the
+  device type only: the same torch and transformers give the same counts on any x86 or ARM runner;
+* timings depend on the machine as well: the CPU model, the cores, the thread count, the GPU.
+
+The git commit and the dirty flag never matter: they are what a comparison is about.
+
+``CpuContention`` measures, around one timed round, how long this process waited for a core and how
+much CPU other processes used meanwhile (Linux; see the class). On a shared runner another process
+can make a round ten times slower; such a round says nothing about the code, and the comparison
+leaves it out (see ``kvperf.compare``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DETERMINISTIC_FIELDS",
+    "TIMING_FIELDS",
+    "Contention",
+    "CpuContention",
+    "Environment",
+    "current_environment",
+    "fields_that_matter",
+    "mismatched_fields",
+]
+
+#: Fields that can change a deterministic metric (FLOP counts, KV bytes, CPU peak memory).
+DETERMINISTIC_FIELDS = ("device_type", "torch_version", "transformers_version")
+#: Fields that can change a timing, on top of the deterministic ones (GPU fields only on CUDA).
+TIMING_FIELDS = ("cpu_model", "cpu_count", "torch_threads", "python_version", "machine", "system")
+_GPU_FIELDS = ("gpu_name", "gpu_memory_bytes", "gpu_driver")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Fingerprint of the machine and software of a run. ``None`` means "not known here"."""
+
+    cpu_model: str
+    #: CPUs this process may run on (its affinity), not the host's total.
+    cpu_count: int
+    #: ``torch.get_num_threads()``: intra-op threads, which change CPU timings directly.
+    torch_threads: int
+    machine: str
+    system: str
+    python_version: str
+    torch_version: str
+    transformers_version: str
+    #: ``cpu`` or ``cuda``: the device the benchmarks ran on.
+    device_type: str
+    gpu_name: str | None = None
+    gpu_memory_bytes: int | None = None
+    gpu_driver: str | None = None
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+
+    def key(self) -> str:
+        """A directory name for this environment's baselines, e.g.
+        ``cpu-amd-epyc-2cpu-torch2.13.0-cpu-3f9a1c0d``: readable parts, then a hash of every field
+        that matters to timings, so that two environments share a key exactly when their timings
+        are comparable."""
+        hardware = self.gpu_name if self.device_type == "cuda" and self.gpu_name else self.cpu_model
+        readable = f"{self.device_type}-{hardware}-{self.cpu_count}cpu-torch{self.torch_version}"
+        slug = re.sub(r"[^a-z0-9.]+", "-", readable.lower()).strip("-")
+        matter = {name: getattr(self, name) for name in fields_that_matter(self, timings=True)}
+        digest = hashlib.sha256(repr(sorted(matter.items())).encode()).hexdigest()[:8]
+        return f"{slug}-{digest}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "key": self.key()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Environment:
+        """Read a fingerprint written by ``to_json``; unknown fields are ignored, missing optional
+        fields are None. Raises ``ValueError`` naming a missing required field."""
+        known = {f.name: f for f in fields(cls)}
+        missing = [name for name, f in known.items() if f.default is not None and name not in data]
+        if missing:
+            raise ValueError(f"environment lacks {', '.join(missing)}")
+        return cls(**{name: data[name] for name in known if name in data})
+
+
+def fields_that_matter(env: Environment, *, timings: bool) -> tuple[str, ...]:
+    """The fields two environments must share for their deterministic metrics (``timings=False``)
+    or for their timings too (``timings=True``) to be compared."""
+    if not timings:
+        return DETERMINISTIC_FIELDS
+    gpu = _GPU_FIELDS if env.device_type == "cuda" else ()
+    return DETERMINISTIC_FIELDS + TIMING_FIELDS + gpu
+
+
+def mismatched_fields(baseline: Environment, current: Environment, *, timings: bool) -> list[str]:
+    """``field (baseline -> current)`` for every field that matters and differs."""
+    return [f"{name} ({getattr(baseline, name)!r} -> {getattr(current, name)!r})"
+            for name in fields_that_matter(current, timings=timings)
+            if getattr(baseline, name) != getattr(current, name)]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                 text=True, timeout=5, check=False)
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _gpu(device_type: str) -> tuple[str | None, int | None, str | None]:
+    """Name, total memory and driver of GPU 0 through NVML; all None without a driver or pynvml."""
+    try:
+        import pynvml
+    except ImportError:
+        return None, None, None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no NVIDIA driver on this machine: NVMLError of various kinds
+        return None, None, None
+    try:
+        index = 0
+        if device_type == "cuda":
+            import torch
+
+            index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name = pynvml.nvmlDeviceGetName(handle)
+        memory = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        return (name.decode() if isinstance(name, bytes) else str(name), memory,
+                driver.decode() if isinstance(driver, bytes) else str(driver))
+    except Exception:  # a GPU that NVML can't describe is recorded as unknown, never an error
+        return None, None, None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def _git(root: Path) -> tuple[str | None, bool | None]:
+    """HEAD's commit and whether tracked files differ from it; None, None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=False)
+        if head.returncode != 0:
+            return None, None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+    return head.stdout.strip(), dirty
+
+
+def current_environment(device_type: str = "cpu", root: str | Path = ".",
+                        torch_threads: int | None = None) -> Environment:
+    """The fingerprint of this process: ``device_type`` is where the benchmarks run, ``root`` the
+    directory whose git commit is recorded, ``torch_threads`` the intra-op threads the benchmarks
+    use (default: torch's current setting)."""
+    import torch
+    import transformers
+
+    gpu_name, gpu_memory, gpu_driver = _gpu(device_type)
+    commit, dirty = _git(Path(root))
+    return Environment(
+        cpu_model=_cpu_model(),
+        cpu_count=_cpu_count(),
+        torch_threads=torch_threads if torch_threads is not None else torch.get_num_threads(),
+        machine=platform.machine(),
+        system=platform.system(),
+        python_version=".".join(platform.python_version_tuple()[:2]),
+        torch_version=torch.__version__,
+        transformers_version=transformers.__version__,
+        device_type=device_type,
+        gpu_name=gpu_name,
+        gpu_memory_bytes=gpu_memory,
+        gpu_driver=gpu_driver,
+        git_commit=commit,
+        git_dirty=dirty,
+    )
+
+
+def _own_wait_ns() -> int | None:
+    """Nanoseconds this process's threads have spent runnable but waiting for a core (schedstat)."""
+    total, seen = 0, False
+    for path in Path("/proc/self/task").glob("*/schedstat"):
+        try:
+            total += int(path.read_text().split()[1])
+            seen = True
+        except (OSError, IndexError, ValueError):  # a thread that ended meanwhile
+            continue
+    return total if seen else None
+
+
+_CGROUP_V1 = Path("/sys/fs/cgroup/cpuacct/cpuacct.usage")
+_CGROUP_V2 = Path("/sys/fs/cgroup/cpu.stat")
+
+
+def _machine_cpu_ns() -> int | None:
+    """CPU time of every task this container can see, in nanoseconds: the root cgroup's counter
+    (exact), else ``/proc/stat`` (10 ms ticks)."""
+    try:
+        return int(_CGROUP_V1.read_text())
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in _CGROUP_V2.read_text().splitlines():
+            if line.startswith("usage_usec "):
+                return int(line.split()[1]) * 1000
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)  # minus idle and iowait
+        return busy * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass(frozen=True)
+class Contention:
+    """How busy the CPU was around one timed round; None where the kernel can't tell (not Linux)."""
+
+    #: Seconds this process's threads waited for a core, per second of wall time.
+    wait: float | None
+    #: CPU seconds used by other processes per second of wall time: 1.0 is one other busy core.
+    others: float | None
+
+
+class CpuContention:
+    """Measures ``Contention`` between ``start`` and ``stop``: a few small file reads, outside any clock.
+
+    Two kinds of contention make a round slow for reasons that have nothing to do with the code:
+    our threads waiting in the run queue behind another process (``wait``; with several OpenMP
+    threads a single preempted thread stalls them all, and a round can take ten times as long), and
+    another process running on the other cores (``others``): on a VM its vCPU can share a physical
+    core, caches and memory bandwidth with ours, which costs 10-50% on a 2-vCPU runner without any
+    waiting at all.
+    """
+
+    def __init__(self) -> None:
+        self._wall_s = 0.0
+        self._cpu_s = 0.0
+        self._wait_ns: int | None = None
+        self._machine_ns: int | None = None
+
+    def start(self) -> None:
+        self._wait_ns = _own_wait_ns()
+        self._machine_ns = _machine_cpu_ns()
+        self._cpu_s = time.process_time()
+        self._wall_s = time.perf_counter()
+
+    def stop(self) -> Contention:
+        wall_s = time.perf_counter() - self._wall_s
+        cpu_s = time.process_time() - self._cpu_s
+        wait_ns, machine_ns = _own_wait_ns(), _machine_cpu_ns()
+        if wall_s <= 0:
+            return Contention(None, None)
+        wait = (wait_ns - self._wait_ns) / 1e9 / wall_s \
+            if wait_ns is not None and self._wait_ns is not None else None
+        others = max(0.0, ((machine_ns - self._machine_ns) / 1e9 - cpu_s) / wall_s) \
+            if machine_ns is not None and self._machine_ns is not None else None
+        return Contention(wait=wait, others=others)

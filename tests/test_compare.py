@@ -1,0 +1,214 @@
+"""Verdicts: each of the five, thresholds, significance on raw samples, busy rounds, environments, output."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from kvperf.baseline import Baseline, baseline_from_json
+from kvperf.compare import compare, parse_thresholds, render_markdown, render_table
+from kvperf.env import Environment
+from kvperf.errors import BadInputError, UsageError
+from kvperf.stats import median, ratio_interval
+
+ENV = Environment(cpu_model="Test CPU", cpu_count=2, torch_threads=1, machine="x86_64", system="Linux",
+                  python_version="3.11", torch_version="2.13.0+cpu", transformers_version="5.23.0",
+                  device_type="cpu", git_commit="abc", git_dirty=False)
+CASE = "test_matrix[cache=on-bs=1-prompt=8-new=4-fp32]"
+
+
+def info(e2e: list[float], *, flops: float = 1e6, kv: int = 4096, peak: int = 10_000,
+         wait: list[float] | None = None) -> dict[str, Any]:
+    """A case's extra_info: e2e samples, and the other timings derived from them (new=4 tokens)."""
+    return {
+        "kvperf_schema": 1, "model": "tiny-gpt2", "e2e_s": median(e2e), "e2e_s_samples": e2e,
+        "ttft_s_samples": [0.001] * len(e2e), "ttft_s": 0.001,
+        "tpot_s_samples": [(t - 0.001) / 3 for t in e2e], "tpot_s": (median(e2e) - 0.001) / 3,
+        "tokens_per_s_samples": [4 / t for t in e2e], "tokens_per_s": 4 / median(e2e),
+        "flops_per_token": flops, "kv_cache_bytes": kv, "peak_memory_bytes": peak, "generated_tokens": 4,
+        "cpu_wait_samples": wait if wait is not None else [0.0] * len(e2e),
+    }
+
+
+def result_json(cases: dict[str, dict[str, Any]], env: Environment = ENV) -> dict[str, Any]:
+    """pytest-benchmark's JSON layout with kvperf's additions."""
+    return {"machine_info": {"node": "test", "kvperf": env.to_json()}, "commit_info": {},
+            "benchmarks": [{"name": name, "fullname": f"bench.py::{name}", "group": "matrix", "params": {},
+                            "stats": {"median": i["e2e_s"], "rounds": len(i["e2e_s_samples"])}, "extra_info": i}
+                           for name, i in cases.items()],
+            "datetime": "2026-01-01T00:00:00", "version": "5.3.1", "kvperf": {"schema": 1}}
+
+
+def run(cases: dict[str, dict[str, Any]], env: Environment = ENV, source: str = "run") -> Baseline:
+    return baseline_from_json(result_json(cases, env), source)
+
+
+BASE = [0.0100, 0.0102, 0.0099, 0.0101, 0.0100]
+
+
+def verdicts(comparison, metric: str) -> list[str]:
+    return [v.verdict for v in comparison.verdicts if v.metric == metric]
+
+
+def test_a_clear_slowdown_is_regressed_with_its_interval():
+    slow = [t * 1.20 for t in BASE]
+    comparison = compare(run({CASE: info(BASE)}), run({CASE: info(slow)}))
+    e2e = next(v for v in comparison.verdicts if v.metric == "e2e")
+    assert e2e.verdict == "regressed"
+    assert e2e.change == pytest.approx(0.20)
+    assert 1.05 < e2e.ci_low <= 1.20 <= e2e.ci_high
+    assert verdicts(comparison, "tokens_per_s") == ["regressed"]  # fewer tokens/s is worse
+    assert verdicts(comparison, "ttft") == ["unchanged"]
+    assert comparison.exit_code == 1
+
+
+def test_a_clear_speedup_is_improved():
+    fast = [t * 0.8 for t in BASE]
+    comparison = compare(run({CASE: info(BASE)}), run({CASE: info(fast)}))
+    assert verdicts(comparison, "e2e") == ["improved"]
+    assert verdicts(comparison, "tokens_per_s") == ["improved"]
+    assert comparison.exit_code == 0
+
+
+def test_a_noisy_equal_pair_is_unchanged():
+    noisy_a = [0.010, 0.013, 0.009, 0.016, 0.011]
+    noisy_b = [0.012, 0.009, 0.015, 0.010, 0.014]  # median 20% higher, but the samples overlap
+    comparison = compare(run({CASE: info(noisy_a)}), run({CASE: info(noisy_b)}))
+    e2e = next(v for v in comparison.verdicts if v.metric == "e2e")
+    assert e2e.change == pytest.approx(0.012 / 0.011 - 1)
+    assert e2e.verdict == "unchanged" and e2e.ci_low < 1.05 < e2e.ci_high
+    assert comparison.exit_code == 0
+
+
+def test_a_slowdown_below_its_threshold_is_not_a_regression():
+    slow = [t * 1.20 for t in BASE]
+    comparison = compare(run({CASE: info(BASE)}), run({CASE: info(slow)}),
+                         thresholds={"e2e": 30, "tpot": 30, "tokens_per_s": 30})
+    assert comparison.exit_code == 0
+    assert verdicts(comparison, "e2e") == ["unchanged"]
+
+
+def test_verdicts_are_deterministic():
+    slow = [0.0104, 0.0110, 0.0099, 0.0120, 0.0101]
+    first = compare(run({CASE: info(BASE)}), run({CASE: info(slow)}))
+    second = compare(run({CASE: info(BASE)}), run({CASE: info(slow)}))
+    assert first == second
+    assert ratio_interval(BASE, slow, seed=1) == ratio_interval(BASE, slow, seed=1)
+
+
+def test_new_and_missing_cases():
+    other = "test_matrix[cache=off-bs=1-prompt=8-new=4-fp32]"
+    comparison = compare(run({CASE: info(BASE)}), run({other: info(BASE)}))
+    by_case = {(v.case, v.verdict) for v in comparison.verdicts}
+    assert by_case == {(CASE, "missing"), (other, "new")}
+    assert comparison.exit_code == 0
+    table = render_table(comparison)
+    assert "case only in the baseline" in table and "case only in the current run" in table
+
+
+def test_busy_rounds_are_left_out_and_too_few_quiet_rounds_are_flagged_noisy():
+    busy = [0.0100, 0.0101, 0.0500, 0.0600, 0.0700]  # three rounds slowed by another process
+    comparison = compare(run({CASE: info(BASE)}), run({CASE: info(busy, wait=[0.0, 0.0, 0.4, 0.5, 0.6])}))
+    e2e = next(v for v in comparison.verdicts if v.metric == "e2e")
+    assert e2e.verdict == "unchanged" and e2e.noisy
+    assert e2e.note == "noisy: quiet rounds 5/5 baseline, 2/5 current (need 3)"
+    assert comparison.counts()["noisy"] == 4
+    two_busy = [0.0100, 0.0101, 0.0099, 0.0600, 0.0700]
+    comparison = compare(run({CASE: info(BASE)}), run({CASE: info(two_busy, wait=[0, 0, 0, 0.5, 0.6])}))
+    e2e = next(v for v in comparison.verdicts if v.metric == "e2e")
+    assert e2e.verdict == "unchanged" and not e2e.noisy and e2e.note == "2 busy round(s) left out"
+    # Without the contention record the same samples are a regression.
+    comparison = compare(run({CASE: info(BASE)}), run({CASE: info([0.0600, 0.0700, 0.0650, 0.06, 0.07])}))
+    assert verdicts(comparison, "e2e") == ["regressed"]
+
+
+def test_deterministic_metrics_are_compared_exactly():
+    comparison = compare(run({CASE: info(BASE, flops=1_000_000, kv=4096, peak=10_000)}),
+                         run({CASE: info(BASE, flops=1_000_001, kv=2048, peak=10_000)}))
+    assert verdicts(comparison, "flops_per_token") == ["regressed"]
+    assert verdicts(comparison, "kv_bytes") == ["improved"]
+    assert verdicts(comparison, "peak_memory") == ["unchanged"]
+    relaxed = compare(run({CASE: info(BASE, flops=1_000_000)}), run({CASE: info(BASE, flops=1_010_000)}),
+                      thresholds={"flops_per_token": 2})
+    assert verdicts(relaxed, "flops_per_token") == ["unchanged"]
+
+
+def test_a_metric_absent_from_an_older_baseline_is_new():
+    old = info(BASE)
+    del old["flops_per_token"]
+    comparison = compare(run({CASE: old}), run({CASE: info(BASE)}))
+    assert verdicts(comparison, "flops_per_token") == ["new"]
+
+
+@pytest.mark.parametrize(("items", "expected"), [
+    ([], {}),
+    (["tpot=3"], {"tpot": 3.0}),
+    (["e2e=7.5%", "flops_per_token=0"], {"e2e": 7.5, "flops_per_token": 0.0}),
+])
+def test_thresholds_parse(items, expected):
+    assert parse_thresholds(items) == expected
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("tpot", "bad threshold 'tpot': write METRIC=PCT with METRIC one of e2e, ttft, tpot, tokens_per_s, "
+             "peak_memory, kv_bytes, flops_per_token, e.g. tpot=5"),
+    ("latency=5", "bad threshold 'latency=5': write METRIC=PCT with METRIC one of e2e, ttft, tpot, "
+                  "tokens_per_s, peak_memory, kv_bytes, flops_per_token, e.g. tpot=5"),
+    ("tpot=fast", "bad threshold 'tpot=fast': 'fast' is not a percentage, e.g. tpot=5"),
+    ("tpot=-1", "bad threshold 'tpot=-1': use a percentage in [0, 1000), e.g. tpot=5"),
+])
+def test_bad_thresholds_name_the_item(item, message):
+    with pytest.raises(UsageError) as excinfo:
+        parse_thresholds([item])
+    assert str(excinfo.value) == message
+
+
+def test_a_software_mismatch_is_bad_input_unless_allowed():
+    newer = replace(ENV, torch_version="2.14.0+cpu")
+    with pytest.raises(BadInputError) as excinfo:
+        compare(run({CASE: info(BASE)}), run({CASE: info(BASE)}, env=newer))
+    assert str(excinfo.value) == ("environments differ in torch_version ('2.13.0+cpu' -> '2.14.0+cpu'): compare "
+                                  "runs of the same software and device, or pass --allow-env-mismatch to compare "
+                                  "anyway")
+    allowed = compare(run({CASE: info(BASE)}), run({CASE: info(BASE)}, env=newer), allow_env_mismatch=True)
+    assert allowed.timings_compared and allowed.exit_code == 0
+    assert allowed.notes == ("environments differ, compared anyway (--allow-env-mismatch): torch_version "
+                             "('2.13.0+cpu' -> '2.14.0+cpu')",)
+
+
+def test_another_machine_gates_timings_only_when_asked():
+    runner = replace(ENV, cpu_model="Other CPU", cpu_count=4, git_commit="def")
+    base, cur = run({CASE: info(BASE)}), run({CASE: info([t * 2 for t in BASE], flops=2e6)}, env=runner)
+    with pytest.raises(BadInputError, match=r"^timing environments differ in cpu_model \('Test CPU' -> 'Other "
+                                            r"CPU'\); cpu_count \(2 -> 4\): compare runs from one machine"):
+        compare(base, cur)
+    auto = compare(base, cur, timings="auto")
+    assert not auto.timings_compared
+    assert {v.metric for v in auto.verdicts} == {"kv_bytes", "flops_per_token"}
+    assert verdicts(auto, "flops_per_token") == ["regressed"]  # deterministic metrics still gate
+    assert auto.notes[-1].startswith("timings and peak memory not compared: the machines differ in cpu_model")
+    assert not compare(base, cur, timings="skip").timings_compared
+    assert verdicts(compare(base, cur, allow_env_mismatch=True), "e2e") == ["regressed"]
+    # The git commit is what a comparison is about: it never counts as a mismatch.
+    assert compare(base, run({CASE: info(BASE)}, env=replace(ENV, git_commit="fff", git_dirty=True))).exit_code == 0
+
+
+def test_markdown_and_json_output():
+    comparison = compare(run({CASE: info(BASE)}, source="base.json"),
+                         run({CASE: info([t * 1.2 for t in BASE], flops=2e6)}, source="pr.json"))
+    md = render_markdown(comparison)
+    assert md.startswith("### kvperf: ❌ Performance regression\n")
+    assert "Baseline `base.json`, current `pr.json`." in md
+    assert "| case | metric | verdict | baseline | current | change | 95% CI of change | note |" in md
+    assert f"| `{CASE}` | FLOPs/token | ❌ regressed | 1,000,000 | 2,000,000 | +100.0% |  | threshold ±0% |" in md
+    assert "<details><summary>All verdicts</summary>" in md
+    data = json.loads(json.dumps(comparison.to_json()))
+    assert data["exit_code"] == 1 and data["counts"]["regressed"] == 4
+    e2e = next(v for v in data["verdicts"] if v["metric"] == "e2e")
+    assert e2e["verdict"] == "regressed" and e2e["baseline"] == pytest.approx(0.0100)
+    clean = compare(run({CASE: info(BASE)}), run({CASE: info(BASE)}))
+    assert render_markdown(clean).startswith("### kvperf: ✅ No performance regression\n")
+    assert render_table(clean).splitlines()[-1] == "verdict: no regression"
