@@ -41,7 +41,7 @@ import torch
 from transformers import PretrainedConfig
 
 from kvperf.errors import UsageError
-from kvperf.spec import parse_dtype
+from kvperf.spec import GenerationSpec, parse_dtype
 
 __all__ = [
     "CACHE_KINDS",
@@ -54,6 +54,7 @@ __all__ = [
     "kv_cache_bytes",
     "measure_cache_bytes",
     "measure_layer_bytes",
+    "spec_kv_cache_bytes",
 ]
 
 CacheKind = Literal["dynamic", "static", "quantized"]
@@ -304,6 +305,17 @@ def kv_cache_bytes(
 ) -> int:
     """Total bytes of K and V (see ``estimate_kv_cache`` for the options and the module for the formula)."""
     return estimate_kv_cache(config, batch_size, seq_len, dtype, cache, **options).total_bytes
+
+
+def spec_kv_cache_bytes(config: PretrainedConfig | KvShape, spec: GenerationSpec,
+                        dtype: str | torch.dtype = "float32") -> int:
+    """The formula's bytes for the cache the harness leaves after ``spec``: 0 with the cache off, the
+    dynamic cache for ``on``, a static cache of ``prompt_len + new_tokens - 1`` positions for ``static``."""
+    if spec.cache == "off":
+        return 0
+    seq_len = spec.prompt_len + spec.new_tokens - 1
+    kind = "static" if spec.cache == "static" else "dynamic"
+    return kv_cache_bytes(config, spec.batch_size, seq_len, dtype, kind, prompt_len=spec.prompt_len)
 
 
 def kv_bytes_per_token(config: PretrainedConfig | KvShape, dtype: str | torch.dtype = "float32") -> int:

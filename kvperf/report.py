@@ -161,6 +161,19 @@ def _matrix_table(cases: list[Row]) -> Table:
                  ("'vs off': e2e with the cache off divided by e2e of this row (same batch, prompt, dtype).",))
 
 
+def _formula_table(cases: list[Row]) -> Table:
+    rows = []
+    for c in _sorted(cases, "cache", "dtype", "batch_size", "prompt_len", "new_tokens"):
+        formula, measured = c["kv_cache_formula_bytes"], c["kv_cache_bytes"]
+        rows.append((c["cache"], c["dtype"], str(c["batch_size"]), str(c["prompt_len"]), str(c["new_tokens"]),
+                     f"{formula:,}", f"{measured:,}", f"{measured - formula:+,}"))
+    unique = {r[:5]: r for r in rows}  # the same spec in several experiments: one row
+    exact = sum(r[-1] == "+0" for r in unique.values())
+    return Table("KV-cache formula against the measured tensors (experiment 5)",
+                 ("cache", "dtype", "batch", "prompt", "new", "formula bytes", "measured bytes", "difference"),
+                 tuple(unique.values()), (f"{exact} of {len(unique)} cases agree to the byte.",))
+
+
 _BUILDERS: dict[str, Callable[[list[Row]], Table]] = {
     "matrix": _matrix_table, "length": _length_table, "batch": _batch_table,
     "context": _context_table, "first_token": _first_token_table,
@@ -172,6 +185,9 @@ def make_tables(cases: list[Row]) -> list[Table]:
     tables = []
     for experiment, group in sorted(_by_experiment(cases).items()):
         tables.append(_BUILDERS.get(experiment, _matrix_table)(group))
+    cached = [c for c in cases if c["cache"] != "off" and "kv_cache_formula_bytes" in c]
+    if cached:
+        tables.append(_formula_table(cached))
     return tables
 
 

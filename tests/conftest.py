@@ -1,4 +1,6 @@
-"""Hypothesis profiles. ``ci`` (the default) is deterministic: the same examples on every run and
+"""Hypothesis profiles, and the ``one_thread`` fixture of the model-heavy test modules.
+
+Hypothesis profiles. ``ci`` (the default) is deterministic: the same examples on every run and
 machine, no example database, no deadline (CPU timings vary). ``dev`` explores more, at random.
 
 Select one with ``HYPOTHESIS_PROFILE=dev pytest tests/``.
@@ -7,7 +9,10 @@ Select one with ``HYPOTHESIS_PROFILE=dev pytest tests/``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -32,3 +37,15 @@ _profile = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 if _profile not in ("ci", "dev"):
     raise ValueError(f"HYPOTHESIS_PROFILE={_profile!r} is not a profile of kvperf's tests: use ci or dev")
 settings.load_profile(_profile)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Run a module's tiny models on one intra-op thread, then restore torch's setting.
+
+    Tiny models are latency-bound: a second thread only adds hand-offs, which cost ~100x the work
+    when another process keeps the cores busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

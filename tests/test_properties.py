@@ -58,14 +58,7 @@ DELTA: dict[torch.dtype, float] = {torch.float32: 128.0, torch.bfloat16: 12.0, t
 TOKEN_TOL: dict[torch.dtype, float] = {dtype: 2 * delta for dtype, delta in DELTA.items()}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # These models are tiny and latency-bound: with a second intra-op thread every matmul waits on a
-    # thread handoff, which costs ~100x more than the work when another process keeps the cores busy.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ def _case(experiment, cache, new_tokens, e2e_s, batch_size=1, prompt_len=8, dtyp
         "ttft_s": e2e_s / 10, "tpot_s": e2e_s / new_tokens, "tokens_per_s": batch_size * new_tokens / e2e_s,
         "itl_p50_s": e2e_s / new_tokens, "itl_p95_s": 1.2 * e2e_s / new_tokens, "peak_memory_bytes": 2**20,
         "kv_cache_bytes": 0 if cache == "off" else 1024 * (prompt_len + new_tokens - 1) * batch_size,
+        "kv_cache_formula_bytes": 0 if cache == "off" else 1024 * (prompt_len + new_tokens - 1) * batch_size,
     }
 
 
@@ -40,8 +41,19 @@ def test_tables_cover_every_experiment_and_fit_the_exponents(results):
     assert any("cache off: O(n^2.00" in note for note in length.notes)
     assert tables["Benchmark matrix"].rows[1][9] == "3.00x"  # cache on row, off / on
     assert tables["First-token vs next-token latency"].rows[0][4] == "3.20"
+    formula = tables["KV-cache formula against the measured tensors"]
+    assert formula.notes == ("10 of 10 cases agree to the byte.",)  # specs shared by experiments count once
+    assert all(row[-1] == "+0" for row in formula.rows)
     markdown = format_table(length, "markdown")
     assert markdown.startswith("### Cache on vs off") and "| --- |" in markdown
+
+
+def test_formula_table_shows_a_mismatch():
+    case = _case("matrix", "on", 4, 0.1)
+    case["kv_cache_formula_bytes"] += 1024  # a formula one position off
+    (table,) = [t for t in make_tables([case]) if t.title.startswith("KV-cache formula")]
+    assert table.rows[0][-1] == "-1,024"
+    assert table.notes == ("0 of 1 cases agree to the byte.",)
 
 
 def test_plots_are_written(results, tmp_path):
