@@ -108,7 +108,8 @@ def _add_kv_size(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from kvperf.baseline import load_baseline
-    from kvperf.compare import compare, parse_thresholds, render_markdown, render_table
+    from kvperf.compare import compare, parse_thresholds
+    from kvperf.render import render_markdown, render_table
 
     thresholds = parse_thresholds(args.threshold)
     if not 0 <= args.max_cpu_wait <= 1:

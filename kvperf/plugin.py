@@ -23,11 +23,12 @@ from transformers import PreTrainedModel
 from kvperf.baseline import BASELINE_DIR, Baseline, baseline_from_json, baseline_path, load_baseline
 from kvperf.baseline import write_baseline as write_baseline
 from kvperf.bench import SCHEMA_VERSION, benchmark_generation, extra_info
-from kvperf.compare import Comparison, TimingMode, compare, parse_thresholds, render_table
+from kvperf.compare import Comparison, TimingMode, compare, parse_thresholds
 from kvperf.env import Environment, current_environment, mismatched_fields
 from kvperf.errors import KvperfError
 from kvperf.harness import GenerationResult
 from kvperf.models import load_config, load_model, max_positions
+from kvperf.render import render_table
 from kvperf.spec import DTYPES, GenerationSpec, parse_dtype
 from kvperf.tiers import EXPERIMENTS, TIERS, Case, Tier, get_tier
 

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from kvperf.baseline import Baseline, baseline_from_json
-from kvperf.compare import compare, parse_thresholds, render_markdown, render_table
+from kvperf.compare import compare, parse_thresholds
 from kvperf.env import Environment
 from kvperf.errors import BadInputError, UsageError
+from kvperf.render import render_markdown, render_table
 from kvperf.stats import median, ratio_interval
 
 ENV = Environment(cpu_model="Test CPU", cpu_count=2, torch_threads=1, machine="x86_64", system="Linux",

@@ -1,0 +1,123 @@
+"""Rendering a ``Comparison``: a plain-text table for the terminal and Markdown for a CI job summary
+or a pull-request comment (JSON is ``Comparison.to_json``)."""
+
+from __future__ import annotations
+
+from kvperf.compare import METRICS, Comparison, Verdict
+
+__all__ = ["render_markdown", "render_table"]
+
+_METRIC_LABEL = {m.name: m.label for m in METRICS}
+_METRIC_UNIT = {m.name: m.unit for m in METRICS}
+_MARK = {"regressed": "❌ regressed", "improved": "✅ improved", "unchanged": "unchanged", "new": "🆕 new",
+         "missing": "⚠️ missing"}
+
+
+def _format_value(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    unit = _METRIC_UNIT[metric]
+    if unit == "s":
+        return f"{value * 1e3:.4g} ms"
+    if unit == "tok/s":
+        return f"{value:.4g} tok/s"
+    if unit == "B":
+        return f"{value:,.0f} B"
+    return f"{value:,.0f}"
+
+
+def _format_change(v: Verdict) -> str:
+    if v.change is None:
+        return "-"
+    if v.change == float("inf"):
+        return "+inf"
+    return f"{v.change * 100:+.1f}%"
+
+
+def _format_ci(v: Verdict) -> str:
+    if v.ci_low is None or v.ci_high is None:
+        return ""
+    return f"[{(v.ci_low - 1) * 100:+.1f}%, {(v.ci_high - 1) * 100:+.1f}%]"
+
+
+def _rows(comparison: Comparison, everything: bool) -> list[list[str]]:
+    rows: list[list[str]] = []
+    seen_whole_case: set[tuple[str, str]] = set()
+    for v in comparison.verdicts:
+        if v.verdict in ("new", "missing"):  # a whole case: one row for all its metrics
+            if (v.case, v.model) in seen_whole_case or v.note:
+                if v.note:
+                    rows.append([v.case, _METRIC_LABEL[v.metric], v.verdict, _format_value(v.metric, v.baseline),
+                                 _format_value(v.metric, v.current), "-", "", v.note])
+                continue
+            seen_whole_case.add((v.case, v.model))
+            rows.append([v.case, "all", v.verdict, "-", "-", "-", "", f"case only in the "
+                         f"{'current run' if v.verdict == 'new' else 'baseline'}"])
+            continue
+        if v.verdict == "unchanged" and not everything:
+            continue
+        threshold = f"±{v.threshold_pct:g}%" if v.threshold_pct is not None else ""
+        note = "; ".join(part for part in (v.note, f"threshold {threshold}" if v.verdict != "unchanged" else "")
+                         if part)
+        rows.append([v.case, _METRIC_LABEL[v.metric], v.verdict, _format_value(v.metric, v.baseline),
+                     _format_value(v.metric, v.current), _format_change(v), _format_ci(v), note])
+    return rows
+
+
+_HEADER = ["case", "metric", "verdict", "baseline", "current", "change", "95% CI of change", "note"]
+
+
+def _summary(comparison: Comparison) -> str:
+    counts = comparison.counts()
+    parts = [f"{counts[name]} {name}" for name in ("regressed", "improved", "unchanged", "new", "missing")]
+    noisy = f" ({counts['noisy']} timing verdict(s) too noisy to test)" if counts["noisy"] else ""
+    return ", ".join(parts) + noisy
+
+
+def render_table(comparison: Comparison, *, everything: bool = False) -> str:
+    """A plain-text table for a terminal: every verdict that isn't ``unchanged`` (all with
+    ``everything``), then the counts and the notes."""
+    rows = _rows(comparison, everything)
+    lines = [f"kvperf compare: {comparison.baseline_source} -> {comparison.current_source}"]
+    if rows:
+        widths = [max(len(row[i]) for row in [_HEADER, *rows]) for i in range(len(_HEADER))]
+        for row in [_HEADER, ["-" * w for w in widths], *rows]:
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    lines.append(_summary(comparison))
+    lines.extend(f"note: {note}" for note in comparison.notes)
+    lines.append("verdict: REGRESSION" if comparison.regressions else "verdict: no regression")
+    return "\n".join(lines)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_table(rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
+    for row in rows:
+        cells = [f"`{_md_escape(row[0])}`", *(_md_escape(c) for c in row[1:])]
+        cells[2] = _MARK.get(row[2], row[2])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(comparison: Comparison) -> str:
+    """Markdown for a CI job summary or a pull-request comment: the verdict, the changed metrics, and
+    every verdict in a collapsed section."""
+    title = "❌ Performance regression" if comparison.regressions else "✅ No performance regression"
+    lines = [f"### kvperf: {title}", "",
+             f"Baseline `{comparison.baseline_source}`, current `{comparison.current_source}`.", "",
+             f"**{_summary(comparison)}**", ""]
+    lines.extend(f"> {note}" for note in comparison.notes)
+    if comparison.notes:
+        lines.append("")
+    changed = _rows(comparison, everything=False)
+    if changed:
+        lines.extend(_md_table(changed))
+        lines.append("")
+    lines += ["<details><summary>All verdicts</summary>", "", *_md_table(_rows(comparison, everything=True)), "",
+              "</details>", "",
+              "Timings: regressed when the whole 95% bootstrap interval of the median ratio lies beyond the "
+              "threshold, rounds with CPU contention left out. FLOPs, KV bytes and CPU memory: exact."]
+    return "\n".join(lines) + "\n"
