@@ -1,4 +1,4 @@
-"""The ``kvperf`` command.
+"""kvperf: time generation, size the KV cache, report experiments and compare runs against a baseline.
 
 Exit codes: 0 success, 1 a regression was found (``compare``), 2 bad input (a one-line message on
 stderr, never a traceback).
