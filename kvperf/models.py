@@ -21,7 +21,6 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -213,13 +212,3 @@ def _not_available(name: str, exc: BaseException) -> ModelNotAvailableError:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def describe(model: PreTrainedModel) -> dict[str, Any]:
-    """Shape facts of a loaded model, for reports."""
-    return {
-        "model_type": model.config.model_type,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "device": str(next(model.parameters()).device),
-    }
