@@ -205,12 +205,19 @@ def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
     groups = _by_experiment(cases)
     written: list[Path] = []
 
-    def save(fig: Any, name: str) -> None:
+    def save(fig: Any, name: str, *axes_labels: tuple[Any, dict[str, str]]) -> None:
+        for ax, labels in axes_labels:
+            ax.set(**labels)
+            ax.legend(fontsize=7)
         path = out / name
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+
+    def memory_panel(ax: Any, xs: list[int], mine: list[Row], dtype: str) -> None:
+        ax.plot(xs, [c["kv_cache_bytes"] / 2**20 for c in mine], "o-", label=f"KV {dtype}")
+        ax.plot(xs, [c["peak_memory_bytes"] / 2**20 for c in mine], "s--", label=f"peak {dtype}")
 
     if "length" in groups:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -220,36 +227,28 @@ def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
             label = f"cache {cache}, {dtype}" + (f" (n^{fit.exponent:.2f})" if fit else "")
             ax1.loglog(ns, [c["e2e_s"] for c in mine], "o-", label=label)
             ax2.plot(ns, [c["e2e_s"] / c["new_tokens"] * 1e3 for c in mine], "o-", label=f"cache {cache}, {dtype}")
-        ax1.set(xlabel="new tokens", ylabel="total time (s)", title="Total time against length")
-        ax2.set(xlabel="new tokens", ylabel="time per token (ms)", title="Time per token")
-        ax1.legend(fontsize=7)
-        ax2.legend(fontsize=7)
-        save(fig, "length.png")
+        save(fig, "length.png",
+             (ax1, {"xlabel": "new tokens", "ylabel": "total time (s)", "title": "Total time against length"}),
+             (ax2, {"xlabel": "new tokens", "ylabel": "time per token (ms)", "title": "Time per token"}))
     if "batch" in groups:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
         for (dtype, _), mine in _series(groups["batch"], "batch_size"):
             bs = [c["batch_size"] for c in mine]
             ax1.plot(bs, [c["tokens_per_s"] for c in mine], "o-", label=dtype)
-            ax2.plot(bs, [c["kv_cache_bytes"] / 2**20 for c in mine], "o-", label=f"KV {dtype}")
-            ax2.plot(bs, [c["peak_memory_bytes"] / 2**20 for c in mine], "s--", label=f"peak {dtype}")
-        ax1.set(xlabel="batch size", ylabel="tokens/s", title="Throughput")
-        ax2.set(xlabel="batch size", ylabel="MiB", title="Memory")
-        ax1.legend(fontsize=7)
-        ax2.legend(fontsize=7)
-        save(fig, "batch.png")
+            memory_panel(ax2, bs, mine, dtype)
+        save(fig, "batch.png",
+             (ax1, {"xlabel": "batch size", "ylabel": "tokens/s", "title": "Throughput"}),
+             (ax2, {"xlabel": "batch size", "ylabel": "MiB", "title": "Memory"}))
     if "context" in groups:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
         for (dtype, _), mine in _series(groups["context"], "prompt_len"):
             ps = [c["prompt_len"] for c in mine]
             ax1.plot(ps, [c["itl_p50_s"] * 1e3 for c in mine], "o-", label=f"p50 {dtype}")
             ax1.plot(ps, [c["itl_p95_s"] * 1e3 for c in mine], "s--", label=f"p95 {dtype}")
-            ax2.plot(ps, [c["kv_cache_bytes"] / 2**20 for c in mine], "o-", label=f"KV {dtype}")
-            ax2.plot(ps, [c["peak_memory_bytes"] / 2**20 for c in mine], "s--", label=f"peak {dtype}")
-        ax1.set(xlabel="prompt tokens", ylabel="inter-token latency (ms)", title="Per-token latency")
-        ax2.set(xlabel="prompt tokens", ylabel="MiB", title="Memory")
-        ax1.legend(fontsize=7)
-        ax2.legend(fontsize=7)
-        save(fig, "context.png")
+            memory_panel(ax2, ps, mine, dtype)
+        save(fig, "context.png",
+             (ax1, {"xlabel": "prompt tokens", "ylabel": "inter-token latency (ms)", "title": "Per-token latency"}),
+             (ax2, {"xlabel": "prompt tokens", "ylabel": "MiB", "title": "Memory"}))
     return written
 
 
