@@ -60,10 +60,40 @@ def _pytest(out: Path, name: str, k: str, env_extra: dict[str, str], extra: list
     print(f"{name}: {time.monotonic() - start:.0f} s", flush=True)
 
 
+def _ab(out: Path, name: str, k: str, current_env: dict[str, str], extra: list[str]) -> None:
+    """One ``kvperf ab`` run: baseline side -> ``<name>.base.json`` (``aa<i>a.json`` for an A/A
+    pair), current side -> ``<name>.json``."""
+    base_name = f"{name[:-1]}a" if name.startswith("aa") else f"{name}.base"
+    if (out / f"{name}.json").exists():  # resumable: a finished run is kept
+        return
+    run_dir = out / "ab" / name
+    env_args = [a for key, value in current_env.items() for a in ("--current-env", f"{key}={value}")]
+    cmd = [sys.executable, "-m", "kvperf.cli", "ab", "--out", str(run_dir), "--overwrite", "--format", "json",
+           *env_args, "--", str(REPO / "benchmarks"), "-q", "-k", k, *extra]
+    if shutil.which("flock"):
+        cmd = ["flock", LOCK, *cmd]
+    start = time.monotonic()
+    with (out / f"{name}.log").open("w") as log:
+        rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    if rc not in (0, 1):
+        raise SystemExit(f"gate_study: {name} failed (exit {rc}); see {out / (name + '.log')}")
+    shutil.copyfile(run_dir / "baseline.json", out / f"{base_name}.json")
+    shutil.copyfile(run_dir / "current.json", out / f"{name}.json")
+    print(f"{name}: {time.monotonic() - start:.0f} s (A/B)", flush=True)
+
+
 def collect(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     extra = args.pytest_args.split() if args.pytest_args else []
+    if args.ab:
+        for i in range(args.pairs):
+            _ab(out, f"aa{i:02d}b", "not overhead", {}, extra)
+            for level in args.slowdowns:
+                _ab(out, f"slow{round(level * 100):02d}_{i:02d}", args.slow_k,
+                    {"KVPERF_TEST_DECODE_SLOWDOWN": str(level)}, extra)
+            _ab(out, f"cacheoff_{i:02d}", args.slow_k, {"KVPERF_TEST_FORCE_CACHE_OFF": "1"}, extra)
+        return
     for i in range(args.pairs):
         _pytest(out, f"aa{i:02d}a", "not overhead", {}, extra)
         _pytest(out, f"aa{i:02d}b", "not overhead", {}, extra)
@@ -116,6 +146,18 @@ def _aa_floor(out: Path, pairs: list[str]) -> list[str]:
     return [f"| {name} | {value:.1f}% |" for name, value in worst.items()]
 
 
+def _runs(out: Path, pattern: str) -> list[Path]:
+    """The current sides matching ``pattern`` (not the baseline sides of A/B runs)."""
+    return sorted(p for p in out.glob(pattern) if not p.name.endswith(".base.json"))
+
+
+def _baseline_of(run: Path) -> Path:
+    """What a slowed or cache-off run is compared with: its own baseline side when it was an A/B run,
+    else the first A/A run of its iteration."""
+    own = run.with_name(f"{run.stem}.base.json")
+    return own if own.exists() else run.with_name(f"aa{run.stem.split('_')[1]}a.json")
+
+
 def analyze(args: argparse.Namespace) -> None:
     from kvperf.compare import parse_thresholds
 
@@ -141,29 +183,29 @@ def analyze(args: argparse.Namespace) -> None:
               "Largest A/A slowdown that kvperf was 95% sure of, per metric (the smallest threshold with no "
               "A/A regression on these pairs):", "", "| metric | A/A floor |", "|---|---|",
               *_aa_floor(out, pairs), ""]
-    levels = sorted({p.name.split("_")[0][4:] for p in out.glob("slow*_*.json")})
+    levels = sorted({p.name.split("_")[0][4:] for p in _runs(out, "slow*_*.json")})
     lines += ["## Sensitivity: decode steps slowed on purpose", "",
               "| slowdown | pairs flagged by kvperf | TPOT regressed (cases, all pairs) | "
               "pairs flagged by pytest-benchmark median:5% |", "|---|---|---|---|"]
     for level in levels:
         flagged = pb_hits = tpot_hits = tpot_total = 0
-        runs = [r for r in sorted(out.glob(f"slow{level}_*.json")) if r.stem.split("_")[1] in pairs]
+        runs = [r for r in _runs(out, f"slow{level}_*.json") if r.stem.split("_")[1] in pairs]
         for run in runs:
-            i = run.stem.split("_")[1]
-            cmp = _kvperf(out / f"aa{i}a.json", run)
+            base = _baseline_of(run)
+            cmp = _kvperf(base, run)
             flagged += cmp.exit_code
-            pb_hits += _pb_failures(out / f"aa{i}a.json", run, "median:5%") > 0
+            pb_hits += _pb_failures(base, run, "median:5%") > 0
             tpot = [v for v in cmp.verdicts if v.metric == "tpot" and v.verdict not in ("new", "missing")]
             tpot_total += len(tpot)
             tpot_hits += sum(v.verdict == "regressed" for v in tpot)
         lines.append(f"| {int(level)}% | {flagged} of {len(runs)} | {tpot_hits} of {tpot_total} | "
                      f"{pb_hits} of {len(runs)} |")
-    runs = [r for r in sorted(out.glob("cacheoff_*.json")) if r.stem.split("_")[1] in pairs]
+    runs = [r for r in _runs(out, "cacheoff_*.json") if r.stem.split("_")[1] in pairs]
     lines += ["", "## Cache disabled under a cache=on label", "",
               "| pair | kvperf exit | FLOPs/token regressed (cache=on cases) | KV bytes changed |", "|---|---|---|---|"]
     for run in runs:
         i = run.stem.split("_")[1]
-        cmp = _kvperf(out / f"aa{i}a.json", run)
+        cmp = _kvperf(_baseline_of(run), run)
         flops = [v for v in cmp.verdicts if v.metric == "flops_per_token" and "cache=on" in v.case
                  and v.verdict not in ("new", "missing")]
         kv = [v for v in cmp.verdicts if v.metric == "kv_bytes" and "cache=on" in v.case
@@ -185,6 +227,8 @@ def main() -> None:
                    help="comma-separated decode slowdowns, default 0.05,0.10,0.20")
     c.add_argument("--slow-k", default="test_matrix", help="pytest -k of the slowed and cache-off runs")
     c.add_argument("--pytest-args", default="", help="extra pytest arguments for every run")
+    c.add_argument("--ab", action="store_true",
+                   help="every pair is one `kvperf ab` run (both sides taking turns) instead of two runs in a row")
     c.set_defaults(func=collect)
     a = sub.add_parser("analyze", help="compare the runs and print the tables")
     a.add_argument("--out", required=True, help="directory written by collect")

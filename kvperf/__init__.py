@@ -1,5 +1,6 @@
 """kvperf: a performance-regression suite for the KV cache of transformers causal language models."""
 
+from kvperf.ab import Side, run_ab
 from kvperf.baseline import Baseline, load_baseline
 from kvperf.compare import Comparison, compare
 from kvperf.errors import BadInputError, KvperfError, ModelNotAvailableError, UsageError
@@ -28,6 +29,7 @@ __all__ = [
     "KvperfError",
     "ModelNotAvailableError",
     "Quantization",
+    "Side",
     "UsageError",
     "compare",
     "estimate_kv_cache",
@@ -38,5 +40,6 @@ __all__ = [
     "make_prompts",
     "measure_cache_bytes",
     "measure_work",
+    "run_ab",
     "run_generation",
 ]

@@ -9,6 +9,7 @@ can test for noise on the raw samples instead of trusting one statistic.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -37,6 +38,7 @@ def benchmark_generation(
     *,
     rounds: int,
     warmup_rounds: int,
+    before_round: Callable[[], None] | None = None,
 ) -> list[GenerationResult]:
     """Time ``spec`` with ``benchmark.pedantic`` (one generate call per round, after warm-up rounds),
     then measure peak memory and count FLOPs (``kvperf.work``) in untimed calls. Returns one result
@@ -45,7 +47,10 @@ def benchmark_generation(
     Also writes to ``benchmark.extra_info`` what the results don't carry: the FLOP counts, and
     ``cpu_wait_samples`` and ``cpu_others_samples``, the CPU contention of every timed round
     (``kvperf.env.CpuContention``), which let a comparison leave out rounds that another process
-    slowed down."""
+    slowed down.
+
+    ``before_round`` runs, untimed, before every round (warm-up ones too): ``kvperf ab`` passes the
+    turn to the other side there (``kvperf.ab.Turns.pass_turn``)."""
     input_ids, attention_mask = make_prompts(model, spec)
     timings: list[GenerationTiming] = []
     contention: list[Contention] = []
@@ -56,7 +61,7 @@ def benchmark_generation(
         timings.append(time_generation(model, spec, input_ids, attention_mask))
         contention.append(meter.stop())
 
-    benchmark.pedantic(one_call, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    benchmark.pedantic(one_call, setup=before_round, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
     # Warm-up rounds run the same function; keep only the timed rounds. With --benchmark-disable,
     # pytest-benchmark calls it once and there is nothing to drop.
     timed = timings[-rounds:] if len(timings) > rounds else timings

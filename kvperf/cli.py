@@ -1,7 +1,7 @@
 """kvperf: time generation, size the KV cache, report experiments and compare runs against a baseline.
 
-Exit codes: 0 success, 1 a regression was found (``compare``), 2 bad input (a one-line message on
-stderr, never a traceback).
+Exit codes: 0 success, 1 a regression was found (``compare``, ``ab``), 2 bad input (a one-line message
+on stderr, never a traceback), 3 a side of ``kvperf ab`` failed (its log is named).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from kvperf.errors import EXIT_BAD_INPUT, KvperfError, UsageError
 
@@ -150,6 +151,80 @@ def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(handler=_cmd_compare)
 
 
+def _cmd_ab(args: argparse.Namespace) -> int:
+    from kvperf.ab import Side, default_cpus, parse_cpus, parse_env_items, run_ab
+    from kvperf.baseline import load_baseline
+    from kvperf.compare import compare, parse_thresholds
+    from kvperf.render import render_markdown, render_table
+
+    thresholds = parse_thresholds(args.threshold)
+    if not 0 <= args.max_cpu_wait <= 1:
+        raise UsageError(f"--max-cpu-wait {args.max_cpu_wait} must be in [0, 1], e.g. 0.05")
+    pytest_args = list(args.pytest_args)
+    if pytest_args[:1] == ["--"]:
+        pytest_args = pytest_args[1:]
+    sides = [Side(name, python=getattr(args, f"{name}_python"), directory=getattr(args, f"{name}_dir"),
+                  env=parse_env_items(getattr(args, f"{name}_env"), f"--{name}-env"))
+             for name in ("baseline", "current")]
+    for side in sides:
+        side.check()
+    cpus = default_cpus() if args.cpus is None else parse_cpus(args.cpus)
+    print(f"kvperf ab: running `pytest {' '.join(pytest_args or ['benchmarks'])}` for both sides, taking turns; "
+          f"logs in {args.out}/baseline.log and {args.out}/current.log", file=sys.stderr, flush=True)
+    run = run_ab(sides[0], sides[1], args.out, pytest_args or ["benchmarks"], overwrite=args.overwrite,
+                 cpus=cpus, fixed_malloc=args.malloc == "fixed")
+    if run.paired_turns == 0:
+        print("kvperf ab: warning: the sides never took turns (does each side's kvperf have `kvperf ab`?): their "
+              "timings were measured one run after the other, not side by side", file=sys.stderr)
+    # The two sides may differ in software on purpose (a torch upgrade): compare anyway, and say how.
+    comparison = compare(load_baseline(run.baseline_json), load_baseline(run.current_json), thresholds=thresholds,
+                         timings="gate", allow_env_mismatch=True, max_cpu_wait=args.max_cpu_wait)
+    markdown = render_markdown(comparison)
+    (Path(args.out) / "comparison.md").write_text(markdown)
+    if args.format == "json":
+        print(json.dumps(comparison.to_json(), indent=2))
+    elif args.format == "markdown":
+        print(markdown, end="")
+    else:
+        print(render_table(comparison, everything=args.all))
+    return comparison.exit_code
+
+
+def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
+    from kvperf.compare import MAX_CPU_WAIT
+
+    p = sub.add_parser(
+        "ab", help="benchmark a baseline and a current checkout side by side, taking turns, and compare them",
+        description="Run the benchmarks of two sides (each a Python with kvperf installed and a checkout) as two "
+                    "pytest sessions that take turns round by round, so both see the same machine, then compare "
+                    "them like `kvperf compare`. Writes baseline.json, current.json, their logs and "
+                    "comparison.md into --out. Exit codes: 0 no regression, 1 at least one regression, 2 bad "
+                    "input, 3 a side's session failed. Pytest arguments go after `--` (default: benchmarks).")
+    for name in ("baseline", "current"):
+        p.add_argument(f"--{name}-python", default=sys.executable, metavar="PYTHON",
+                       help=f"python of the {name} side's environment (default: this one)")
+        p.add_argument(f"--{name}-dir", default=".", metavar="DIR",
+                       help=f"checkout the {name} side runs in (default: the current directory)")
+        p.add_argument(f"--{name}-env", action="append", default=[], metavar="NAME=VALUE",
+                       help=f"environment variable for the {name} side only (repeatable)")
+    p.add_argument("--cpus", default=None, metavar="LIST",
+                   help="CPUs both sides are pinned to, comma-separated, or all (default: the last CPU; give as "
+                        "many as the benchmarks' torch threads)")
+    p.add_argument("--malloc", choices=("fixed", "default"), default="fixed",
+                   help="fixed: both sides run glibc malloc with fixed thresholds, so allocation costs do not "
+                        "depend on each process's history (default); default: leave the allocator alone")
+    p.add_argument("--out", default="kvperf-ab", metavar="DIR", help="directory for the results (default kvperf-ab)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier A/B run in --out")
+    p.add_argument("--threshold", action="append", default=[], metavar="METRIC=PCT",
+                   help="regression threshold of one metric in percent (repeatable), as for compare")
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table", help="output format")
+    p.add_argument("--all", action="store_true", help="table: list unchanged verdicts too")
+    p.add_argument("--max-cpu-wait", type=float, default=MAX_CPU_WAIT, metavar="SHARE",
+                   help=f"leave out rounds that waited for a core longer than this share (default {MAX_CPU_WAIT})")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="pytest arguments, after --")
+    p.set_defaults(handler=_cmd_ab)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from kvperf.report import format_table, load_cases, make_plots, make_tables
 
@@ -176,6 +251,7 @@ def build_parser() -> _Parser:
     _add_kv_size(sub)
     _add_report(sub)
     _add_compare(sub)
+    _add_ab(sub)
     return parser
 
 

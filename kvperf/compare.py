@@ -22,8 +22,10 @@ metric; on CUDA, where the allocator's peak can move a little, peak memory gets 
    threshold *and* that is statistically significant. ``improved`` when it lies below
    ``1 / (1 + threshold)``. Otherwise ``unchanged``.
 
-The threshold covers what the samples of one run cannot: drift between runs (another VM on the
-host, frequency, memory placement). The interval covers the round-to-round noise inside a run.
+The interval covers the round-to-round noise inside a run. It cannot see drift between runs made
+at different times (another VM on the host, frequency, memory placement), which on a shared VM is
+larger than any useful threshold; ``kvperf.ab`` removes that drift by measuring both sides in one
+run, taking turns round by round, and then compares their files with this same function.
 """
 
 from __future__ import annotations

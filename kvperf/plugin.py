@@ -20,6 +20,7 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
+from kvperf.ab import Turns
 from kvperf.baseline import BASELINE_DIR, Baseline, baseline_from_json, baseline_path, load_baseline
 from kvperf.baseline import write_baseline as write_baseline
 from kvperf.bench import SCHEMA_VERSION, benchmark_generation, extra_info
@@ -153,11 +154,15 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         config.stash[_CONFIG_KEY] = KvperfConfig.from_pytest_config(config)
         config.stash[_GATE_KEY] = _Gate.from_pytest_config(config)
+        turns = Turns.from_env()
     except KvperfError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if turns is not None:
+        config.stash[_TURNS_KEY] = turns
 
 
 _CONFIG_KEY = pytest.StashKey["KvperfConfig"]()
+_TURNS_KEY = pytest.StashKey[Turns]()
 _MODELS_KEY = pytest.StashKey[dict[tuple[str, str, str], PreTrainedModel]]()
 
 
@@ -209,7 +214,8 @@ def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Ca
 
 @pytest.fixture
 def kvperf_bench(
-    benchmark: Any, kvperf_config: KvperfConfig, kvperf_model: Callable[[str], PreTrainedModel]
+    benchmark: Any, pytestconfig: pytest.Config, kvperf_config: KvperfConfig,
+    kvperf_model: Callable[[str], PreTrainedModel],
 ) -> Callable[..., list[GenerationResult]]:
     """``kvperf_bench(case_or_spec, dtype=None)``: benchmark one case and record it in extra_info.
 
@@ -222,8 +228,10 @@ def kvperf_bench(
             case = Case("custom", case, dtype or kvperf_config.dtypes[0])
         model = kvperf_model(case.dtype)
         benchmark.group = case.experiment
+        turns = pytestconfig.stash.get(_TURNS_KEY, None)
         results = benchmark_generation(benchmark, model, case.spec, rounds=kvperf_config.tier.rounds,
-                                       warmup_rounds=kvperf_config.tier.warmup_rounds)
+                                       warmup_rounds=kvperf_config.tier.warmup_rounds,
+                                       before_round=turns.pass_turn if turns is not None else None)
         benchmark.extra_info.update(extra_info(
             results, experiment=case.experiment, tier=kvperf_config.tier.name, model=kvperf_config.model,
             torch_threads=torch.get_num_threads(),
@@ -360,6 +368,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         lines.append(f"kvperf: error: {exc}")
         if session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+
+# A/B runs (kvperf.ab): under `kvperf ab`, every test and the end of the session wait for this side's turn.
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    turns = item.config.stash.get(_TURNS_KEY, None)
+    if turns is None:
+        return (yield)
+    with turns.turn():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Any:
+    result = yield
+    turns = session.config.stash.get(_TURNS_KEY, None)
+    if turns is not None:  # the session's end (JSON, summaries) runs in a turn too, until unconfigure
+        turns.acquire()
+    return result
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    turns = config.stash.get(_TURNS_KEY, None)
+    if turns is not None:
+        turns.release()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
