@@ -5,18 +5,21 @@ whole machine drifts, by 5-15% over minutes and up to 2x for seconds at a time (
 gate work?"). No statistic of one run can tell that drift from a regression. An A/B run removes it
 by design: two pytest sessions, one per side (each in its own Python environment and checkout, so
 the two sides may run different kvperf, transformers or torch), run the same benchmarks and take
-turns, one timed round at a time: baseline round 1 of a case, current round 1, current round 2,
-baseline round 2, and so on (ABBA), so that both sides' rounds of a case are measured in the same
-fraction of a second, under the same machine conditions. Then ``kvperf.compare`` judges the two
-result files as usual.
+turns, one round at a time: baseline round 1 of a case, current round 1, baseline round 2, current
+round 2, and so on. Both sides' rounds of a case are measured in the same fraction of a second,
+under the same machine conditions, and every round follows a round of the other side, so neither
+side runs with warmer caches. Then ``kvperf.compare`` judges the two result files as usual.
 
 The turns are a baton passed through two pipes per side. ``kvperf ab`` (``run_ab``) starts both
 sessions with ``KVPERF_AB_TURNS=<read fd>,<write fd>`` in their environment; kvperf's pytest plugin
 (``Turns``) then holds the turn for each test, passes it to the other side before every round of a
 benchmark (pytest-benchmark's untimed ``setup`` of ``pedantic``), and takes it once more for the end
-of the session (writing the JSON, the terminal summary). Only one side runs at a time, so
-on a 2-core runner neither slows the other. The order alternates (ABBA) so that neither side always
-goes first. A side that runs out of tests simply stops asking; the other goes on alone.
+of the session (writing the JSON, the terminal summary). Only one side runs at a time, so neither
+slows the other. A side that runs out of tests simply stops asking; the other goes on alone.
+
+Two more things make the sides comparable (both measured in A/A runs, README "A/B runs"): both are
+pinned to the same CPU (``--cpus``), since two processes on two vCPUs of a shared host can run at
+different speeds for seconds; and both run glibc's allocator with fixed thresholds (``FIXED_MALLOC``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ _ASK, _GO, _DONE = b"?", b"!", b"."
 #: glibc tunables both sides run with by default: a fixed mmap threshold (32 MiB, glibc's largest) and
 #: no trimming. glibc otherwise moves its mmap threshold with the history of each process, so the same
 #: allocation is a fresh, page-faulting mapping in one process and recycled heap in another: in A/A
-#: runs, the TTFT of a static-cache case differed by 15-25% between two identical sessions.
+#: runs, the TTFT of a static-cache case differed by 15-23% between two identical sessions.
 FIXED_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
