@@ -11,8 +11,12 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvperf.errors import EXIT_BAD_INPUT, KvperfError, UsageError
+
+if TYPE_CHECKING:
+    from kvperf.compare import Comparison
 
 __all__ = ["main"]
 
@@ -107,17 +111,19 @@ def _add_kv_size(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(handler=_cmd_kv_size)
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from kvperf.baseline import load_baseline
-    from kvperf.compare import compare, parse_thresholds
-    from kvperf.render import render_markdown, render_table
+def _thresholds(args: argparse.Namespace) -> dict[str, float]:
+    """``--threshold`` parsed, and ``--max-cpu-wait`` checked (``compare`` and ``ab``)."""
+    from kvperf.compare import parse_thresholds
 
-    thresholds = parse_thresholds(args.threshold)
     if not 0 <= args.max_cpu_wait <= 1:
         raise UsageError(f"--max-cpu-wait {args.max_cpu_wait} must be in [0, 1], e.g. 0.05")
-    comparison = compare(load_baseline(args.baseline), load_baseline(args.current), thresholds=thresholds,
-                         timings=args.timings, allow_env_mismatch=args.allow_env_mismatch,
-                         max_cpu_wait=args.max_cpu_wait)
+    return parse_thresholds(args.threshold)
+
+
+def _print_comparison(comparison: Comparison, args: argparse.Namespace) -> int:
+    """Print in ``--format`` (``--all`` for the table); the exit code of the comparison."""
+    from kvperf.render import render_markdown, render_table
+
     if args.format == "json":
         print(json.dumps(comparison.to_json(), indent=2))
     elif args.format == "markdown":
@@ -125,6 +131,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         print(render_table(comparison, everything=args.all))
     return comparison.exit_code
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from kvperf.baseline import load_baseline
+    from kvperf.compare import compare
+
+    thresholds = _thresholds(args)
+    comparison = compare(load_baseline(args.baseline), load_baseline(args.current), thresholds=thresholds,
+                         timings=args.timings, allow_env_mismatch=args.allow_env_mismatch,
+                         max_cpu_wait=args.max_cpu_wait)
+    return _print_comparison(comparison, args)
 
 
 def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -154,12 +171,10 @@ def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _cmd_ab(args: argparse.Namespace) -> int:
     from kvperf.ab import Side, default_cpus, parse_cpus, parse_env_items, run_ab
     from kvperf.baseline import load_baseline
-    from kvperf.compare import compare, parse_thresholds
-    from kvperf.render import render_markdown, render_table
+    from kvperf.compare import compare
+    from kvperf.render import render_markdown
 
-    thresholds = parse_thresholds(args.threshold)
-    if not 0 <= args.max_cpu_wait <= 1:
-        raise UsageError(f"--max-cpu-wait {args.max_cpu_wait} must be in [0, 1], e.g. 0.05")
+    thresholds = _thresholds(args)
     pytest_args = list(args.pytest_args)
     if pytest_args[:1] == ["--"]:
         pytest_args = pytest_args[1:]
@@ -179,15 +194,8 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     # The two sides may differ in software on purpose (a torch upgrade): compare anyway, and say how.
     comparison = compare(load_baseline(run.baseline_json), load_baseline(run.current_json), thresholds=thresholds,
                          timings="gate", allow_env_mismatch=True, max_cpu_wait=args.max_cpu_wait)
-    markdown = render_markdown(comparison)
-    (Path(args.out) / "comparison.md").write_text(markdown)
-    if args.format == "json":
-        print(json.dumps(comparison.to_json(), indent=2))
-    elif args.format == "markdown":
-        print(markdown, end="")
-    else:
-        print(render_table(comparison, everything=args.all))
-    return comparison.exit_code
+    (Path(args.out) / "comparison.md").write_text(render_markdown(comparison))
+    return _print_comparison(comparison, args)
 
 
 def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
