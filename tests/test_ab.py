@@ -63,6 +63,20 @@ def test_a_side_dying_in_its_turn_does_not_hang_the_other(tmp_path):
     assert codes == [7, 0]
 
 
+def test_a_side_that_never_asks_runs_before_the_other(tmp_path):
+    # A side whose kvperf predates `kvperf ab` ignores the pipes: the other waits for it to finish.
+    script = tmp_path / "side.py"
+    script.write_text(SIDE)
+    log = tmp_path / "order.log"
+    old = _start(Side("A"), [sys.executable, "-c", f"open({str(log)!r}, 'a').write('old\\n')"],
+                 tmp_path / "A.out", cpus=None, fixed_malloc=False)
+    new = _start(Side("B"), [sys.executable, str(script), "B", str(log), "2"], tmp_path / "B.out", cpus=None,
+                 fixed_malloc=False)
+    assert _serve([old, new]) == 0
+    assert [old.process.wait(), new.process.wait()] == [0, 0]
+    assert log.read_text().split() == ["old", "B0", "B1"]
+
+
 def test_turns_come_only_from_kvperf_ab():
     assert Turns.from_env({}) is None
     assert isinstance(Turns.from_env({ENV_VAR: "3,4"}), Turns)
