@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from kvperf.kv_size import Quantization, estimate_kv_cache, measure_layer_bytes
+from kvperf.kv_size import Quantization, estimate_kv_cache, measure_layer_bytes, returned_cache
 from kvperf.models import load_model
 from kvperf.prompts import make_prompts
 from kvperf.spec import GenerationSpec
@@ -61,7 +61,7 @@ def main() -> None:
                         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW,
                                              min_new_tokens=NEW, do_sample=False, return_dict_in_generate=True,
                                              pad_token_id=config.eos_token_id, **extra)
-                    measured = measure_layer_bytes(out.past_key_values)
+                    measured = measure_layer_bytes(returned_cache(out))
                     est = estimate_kv_cache(config, batch, prompt + NEW - 1, "float32", cache, prompt_len=prompt,
                                             quantization=quant)
                     label = cache if quant is None else f"quantized {quant.backend}"

@@ -1,65 +1,130 @@
-"""The harness's overhead, measured as carefully as this machine allows.
+"""What kvperf's timed call costs beyond the model's forward passes, in thread CPU time.
 
-Not a pytest file (``benchmarks/test_overhead.py`` is the benchmark; this is the study behind the
-README's figure). It alternates three calls on the same inputs and generate arguments, reversing the
-order every iteration (ABC CBA ...) so that drift and order effects hit all three alike:
+Not a pytest file: this is the study behind the README's "Harness overhead" figures
+(``benchmarks/test_overhead.py`` records a wall-time ratio in every quick-tier run). Four ways of
+producing the same greedy tokens are interleaved on the same prompts, the order reversed every
+iteration (ABCD DCBA ...) so that drift hits them alike:
 
-* ``bare``: ``model.generate`` alone;
-* ``stream``: ``model.generate`` with kvperf's token clock as its streamer;
-* ``harness``: ``kvperf.harness.time_generation`` (clock, syncs, token count check, KV bytes).
+* ``manual``: a hand-written decode loop that carries the cache (``model(...)``, argmax, append);
+* ``bare``: a user's own ``model.generate(max_new_tokens=N, do_sample=False)``;
+* ``harness``: ``kvperf.harness.time_generation``, the call kvperf times (token clock, EOS stopping
+  off, the token-count check, KV bytes);
+* ``min_new``: the same call with the token count fixed the old way, ``min_new_tokens ==
+  max_new_tokens``, for comparison.
 
-    python benchmarks/overhead_study.py [on|off] [iterations] [model]
+Every call is measured in the calling thread's CPU time (``time.thread_time``), so load from other
+processes hardly moves it, and torch runs one intra-op thread so that all of the work is on that
+thread. Forward hooks on the model add up the CPU time spent inside its forward passes, so each
+call's cost splits into ``forward`` and ``outside`` (everything else: generate's bookkeeping, logits
+processors, the streamer, kvperf's checks). The table gives medians per generated token.
 
-It prints the median of each and its ratio to ``bare``. tiny-gpt2, one thread, is the worst case:
-a decode step takes well under a millisecond, so the streamer's few microseconds per token weigh most.
+    python benchmarks/overhead_study.py [--model distilgpt2] [--iterations 15] [--prompt 128] [--new 64]
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from transformers import DynamicCache
 
-from kvperf.harness import _TokenClock, generate_kwargs, time_generation
+from kvperf.harness import generate_kwargs, time_generation
+from kvperf.kv_size import cache_kwarg
 from kvperf.models import load_model
 from kvperf.prompts import make_prompts
 from kvperf.spec import GenerationSpec
 
 
-def main(cache: str, iterations: int, model_name: str) -> None:
+class ForwardClock:
+    """Adds up the thread CPU time spent inside the model's top-level forward calls."""
+
+    def __init__(self, model: Any) -> None:
+        self.total_s = 0.0
+        self._start = 0.0
+        model.register_forward_pre_hook(self._enter)
+        model.register_forward_hook(self._exit)
+
+    def _enter(self, *args: Any) -> None:
+        self._start = time.thread_time()
+
+    def _exit(self, *args: Any) -> None:
+        self.total_s += time.thread_time() - self._start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="distilgpt2")
+    parser.add_argument("--iterations", type=int, default=15)
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new", type=int, default=64)
+    args = parser.parse_args()
+
     torch.set_num_threads(1)
-    model = load_model(model_name)
-    spec = GenerationSpec(cache=cache, batch_size=1, prompt_len=32, new_tokens=64)  # type: ignore[arg-type]
+    model = load_model(args.model)
+    spec = GenerationSpec(cache="on", batch_size=1, prompt_len=args.prompt, new_tokens=args.new)
     ids, mask = make_prompts(model, spec)
-    kwargs = generate_kwargs(model, spec)
+    clock = ForwardClock(model)
+    n = spec.new_tokens
 
-    def bare() -> None:
-        model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    @torch.no_grad()
+    def manual() -> torch.Tensor:
+        cache = DynamicCache(config=model.config)
+        step = {cache_kwarg(): cache, "use_cache": True, "logits_to_keep": 1}
+        out = model(input_ids=ids, attention_mask=mask, **step)
+        tokens = [out.logits[:, -1].argmax(-1, keepdim=True)]
+        am = mask
+        for _ in range(n - 1):
+            am = torch.cat([am, am.new_ones((am.shape[0], 1))], dim=1)
+            out = model(input_ids=tokens[-1], attention_mask=am, **step)
+            tokens.append(out.logits[:, -1].argmax(-1, keepdim=True))
+        return torch.cat(tokens, dim=1)
 
-    def stream() -> None:
-        model.generate(input_ids=ids, attention_mask=mask, streamer=_TokenClock(torch.device("cpu")), **kwargs)
+    def bare() -> torch.Tensor:
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                             pad_token_id=generate_kwargs(model, spec)["pad_token_id"])
+        return out[:, ids.shape[1]:]
 
     def harness() -> None:
         time_generation(model, spec, ids, mask)
 
-    calls: list[Callable[[], None]] = [bare, stream, harness]
-    times: dict[str, list[float]] = {f.__name__: [] for f in calls}
+    old_kwargs = {**generate_kwargs(model, spec), "min_new_tokens": n}
+    old_kwargs.pop("eos_token_id")
+
+    def min_new() -> None:
+        model.generate(input_ids=ids, attention_mask=mask, **old_kwargs)
+
+    # The four produce the same tokens (EOS never comes up with random weights at these lengths;
+    # checked here so that the comparison is of equal work).
+    reference = manual()
+    assert torch.equal(reference, bare()), "manual loop and generate disagree: not the same work"
+
+    calls: list[Callable[[], Any]] = [manual, bare, harness, min_new]
+    total: dict[str, list[float]] = {f.__name__: [] for f in calls}
+    forward: dict[str, list[float]] = {f.__name__: [] for f in calls}
     for f in calls:  # warm-up
         f()
-    for i in range(iterations):
-        for f in calls if i % 2 else reversed(calls):
-            start = time.perf_counter()
+    for i in range(args.iterations):
+        for f in calls if i % 2 else list(reversed(calls)):
+            clock.total_s = 0.0
+            start = time.thread_time()
             f()
-            times[f.__name__].append(time.perf_counter() - start)
-    base = statistics.median(times["bare"])
-    for name, values in times.items():
-        mid = statistics.median(values)
-        print(f"{name:8} median {mid * 1e3:8.3f} ms  ratio {mid / base:.4f}")
+            total[f.__name__].append(time.thread_time() - start)
+            forward[f.__name__].append(clock.total_s)
+
+    print(f"{args.model}, batch 1, prompt {args.prompt}, {n} new tokens, cache on, one thread, "
+          f"{args.iterations} interleaved iterations; thread CPU time, medians, per generated token")
+    print("| call | total ms/token | forward ms/token | outside forward ms/token | total / manual |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    base = statistics.median(total["manual"])
+    for name in total:
+        t, fw = statistics.median(total[name]), statistics.median(forward[name])
+        outside = statistics.median(a - b for a, b in zip(total[name], forward[name], strict=True))
+        print(f"| {name} | {t / n * 1e3:.3f} | {fw / n * 1e3:.3f} | {outside / n * 1e3:.3f} | {t / base:.4f} |")
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    main(args[0] if args else "on", int(args[1]) if len(args) > 1 else 150, args[2] if len(args) > 2 else "tiny-gpt2")
+    main()

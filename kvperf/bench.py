@@ -28,7 +28,8 @@ __all__ = ["SCHEMA_VERSION", "benchmark_generation", "extra_info"]
 SCHEMA_VERSION = 1
 
 #: Result fields whose per-round values are kept raw (``<name>_samples``) beside their median.
-SAMPLED_FIELDS = ("e2e_s", "ttft_s", "tpot_s", "tokens_per_s", "itl_p50_s", "itl_p95_s", "itl_p99_s")
+SAMPLED_FIELDS = ("e2e_s", "ttft_s", "tpot_s", "tokens_per_s", "itl_p50_s", "itl_p95_s", "itl_p99_s",
+                  "e2e_cpu_s", "ttft_cpu_s", "tpot_cpu_s")
 
 
 def benchmark_generation(

@@ -9,8 +9,17 @@ Why it is built this way:
   tokens are the inter-token latencies of the decode steps.
 * **Device sync before every clock read.** CUDA kernels run asynchronously: without a sync the clock
   measures how fast Python queued work, not how fast the GPU did it.
-* **A fixed token count.** Greedy decoding with ``min_new_tokens == max_new_tokens``: EOS can't end a
-  sequence early, so every run produces exactly ``batch_size * new_tokens`` tokens.
+* **A fixed token count, at no added cost.** Greedy decoding with ``max_new_tokens`` and EOS stopping
+  turned off (``eos_token_id=None``): no sequence can end early, so every run produces exactly
+  ``batch_size * new_tokens`` tokens, which the harness checks in the output after the call. The
+  obvious alternative, ``min_new_tokens == max_new_tokens``, makes transformers add min-length logits
+  processors that build ``arange(vocab)``, run ``isin`` against the EOS ids and ``clone`` and
+  ``where`` the logits at every step: about 6% of a distilgpt2 decode step that a user's own
+  ``generate`` call does not do (``benchmarks/overhead_study.py``).
+* **Thread CPU time beside wall time.** Every clock read also reads the calling thread's CPU time
+  (``time.thread_time``). On a shared machine the wall time of a round can vary several-fold while
+  the CPU time hardly moves. It counts the calling thread only: with more than one torch intra-op
+  thread the other threads' work is not in it (the quick tier runs one).
 * **Warm-up first.** The first call pays for lazy initialisation, kernel selection and allocator
   growth (often 10x a steady call); it is run and thrown away.
 * **Memory in its own pass.** On CPU, peak memory is counted through a dispatch mode that slows every
@@ -33,8 +42,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
-from kvperf.kv_size import measure_cache_bytes
-from kvperf.memory import peak_memory_bytes
+from kvperf.kv_size import measure_cache_bytes, returned_cache
+from kvperf.memory import PeakMemory, measure_peak
 from kvperf.prompts import make_prompts, pad_token_id
 from kvperf.spec import GenerationSpec
 
@@ -58,6 +67,7 @@ class _TokenClock(BaseStreamer):
         self._device = device
         self._saw_prompt = False
         self.stamps_s: list[float] = []
+        self.cpu_stamps_s: list[float] = []
         self._slowdown = slowdown  # test-only, see _test_decode_slowdown(); 0.0 in every real run
         self._resumed_s = 0.0
 
@@ -68,6 +78,7 @@ class _TokenClock(BaseStreamer):
         if self._sync:
             torch.cuda.synchronize(self._device)
         self.stamps_s.append(time.perf_counter())
+        self.cpu_stamps_s.append(time.thread_time())
         if self._slowdown:
             self._stall()
 
@@ -106,6 +117,10 @@ class GenerationTiming:
     itl_s: tuple[float, ...]
     generated_tokens: int
     kv_cache_bytes: int
+    #: The calling thread's CPU time over the whole call, up to the first token, and per decode step.
+    e2e_cpu_s: float = float("nan")
+    ttft_cpu_s: float = float("nan")
+    itl_cpu_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +146,19 @@ class GenerationResult:
     kv_cache_bytes: int
     #: Tokens generated, counted in the output: ``batch_size * new_tokens``.
     generated_tokens: int
+    #: The timed thread's CPU time (``time.thread_time``) over the call, to the first token, and per
+    #: output token after the first, read at the same moments as the wall clocks.
+    e2e_cpu_s: float = float("nan")
+    ttft_cpu_s: float = float("nan")
+    tpot_cpu_s: float = float("nan")
+    #: The parts of ``peak_memory_bytes`` (``kvperf.memory.PeakMemory``): the weights, what the call
+    #: itself had allocated at its peak, and of that the KV cache and everything else. ``None`` when
+    #: not measured or not attributable (``peak_memory_note`` says why).
+    weights_bytes: int | None = None
+    peak_above_weights_bytes: int | None = None
+    peak_kv_cache_bytes: int | None = None
+    peak_activations_bytes: int | None = None
+    peak_memory_note: str | None = None
 
     @property
     def itl_p50_s(self) -> float:
@@ -176,7 +204,9 @@ def generate_kwargs(model: PreTrainedModel, spec: GenerationSpec) -> dict[str, A
     """The arguments kvperf passes to ``model.generate`` for ``spec`` (inputs excluded)."""
     kwargs: dict[str, Any] = {
         "max_new_tokens": spec.new_tokens,
-        "min_new_tokens": spec.new_tokens,
+        # No EOS, so nothing stops a sequence early, and no per-step min-length processors: the
+        # token count is fixed and checked after the call (see the module docstring).
+        "eos_token_id": None,
         "do_sample": False,
         "num_beams": 1,
         "use_cache": spec.cache != "off" and not (spec.cache == "on" and _test_force_cache_off()),
@@ -203,29 +233,19 @@ def _generate(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Ten
     return generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs(model, spec), **extra)
 
 
-def _eos_ids(model: PreTrainedModel) -> set[int]:
-    ids: set[int] = set()
-    for source in (model.generation_config, model.config):
-        value = getattr(source, "eos_token_id", None)
-        ids.update(value if isinstance(value, list) else [value] if isinstance(value, int) else [])
-    return ids
+def count_generated_tokens(sequences: torch.Tensor, prompt_len: int) -> int:
+    """Tokens generated per the output: every position after the prompt, summed over the batch.
+
+    EOS stopping is off in every kvperf call, so no row ends early and nothing after the prompt is
+    padding."""
+    return int(sequences[:, prompt_len:].numel())
 
 
-def count_generated_tokens(sequences: torch.Tensor, prompt_len: int, eos_ids: set[int]) -> int:
-    """Tokens generated per the output: in each row, every token after the prompt up to and including
-    its first EOS (what follows an EOS is padding), summed over the batch."""
-    total = 0
-    for row in sequences[:, prompt_len:].tolist():
-        end = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))
-        total += end
-    return total
-
-
-def _count_generated(model: PreTrainedModel, out: Any, prompt_len: int, spec: GenerationSpec) -> int:
-    generated = count_generated_tokens(out.sequences, prompt_len, _eos_ids(model))
+def _count_generated(out: Any, prompt_len: int, spec: GenerationSpec) -> int:
+    generated = count_generated_tokens(out.sequences, prompt_len)
     if generated != spec.batch_size * spec.new_tokens:
         raise RuntimeError(f"generate produced {generated} tokens, expected {spec.batch_size} x "
-                           f"{spec.new_tokens}: min_new_tokens was not honoured")
+                           f"{spec.new_tokens}: a stopping criterion ended the call early")
     return generated
 
 
@@ -241,10 +261,13 @@ def time_generation(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
+    start_cpu = time.thread_time()
     out = _generate(model, spec, input_ids, attention_mask, streamer=clock)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     end = time.perf_counter()
+    end_cpu = time.thread_time()
+    generated = _count_generated(out, input_ids.shape[1], spec)
     stamps = clock.stamps_s
     if len(stamps) != spec.new_tokens:
         raise RuntimeError(f"expected {spec.new_tokens} streamed steps, got {len(stamps)}")
@@ -252,22 +275,27 @@ def time_generation(
         e2e_s=end - start,
         ttft_s=stamps[0] - start,
         itl_s=tuple(b - a for a, b in pairwise(stamps)),
-        generated_tokens=_count_generated(model, out, input_ids.shape[1], spec),
-        kv_cache_bytes=measure_cache_bytes(out.past_key_values) if spec.cache != "off" else 0,
+        generated_tokens=generated,
+        kv_cache_bytes=measure_cache_bytes(returned_cache(out)) if spec.cache != "off" else 0,
+        e2e_cpu_s=end_cpu - start_cpu,
+        ttft_cpu_s=clock.cpu_stamps_s[0] - start_cpu,
+        itl_cpu_s=tuple(b - a for a, b in pairwise(clock.cpu_stamps_s)),
     )
 
 
 def measure_peak_memory(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
-                        attention_mask: torch.Tensor) -> int:
-    """Peak memory of one untimed generate call for ``spec`` (see ``kvperf.memory``)."""
-    _, peak = peak_memory_bytes(lambda: _generate(model, spec, input_ids, attention_mask), model)
+                        attention_mask: torch.Tensor) -> PeakMemory:
+    """Peak memory of one untimed generate call for ``spec``, in parts (see ``kvperf.memory``)."""
+    _, peak = measure_peak(lambda: _generate(model, spec, input_ids, attention_mask), model)
     return peak
 
 
 def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: GenerationTiming,
-                       peak_memory: int) -> GenerationResult:
-    """Assemble a ``GenerationResult`` from one timed call and a memory measurement."""
+                       peak: PeakMemory | None) -> GenerationResult:
+    """Assemble a ``GenerationResult`` from one timed call and a memory measurement (``None``: not
+    measured)."""
     param = next(model.parameters())
+    decode_steps = spec.new_tokens - 1
     return GenerationResult(
         spec=spec,
         device=str(param.device),
@@ -275,11 +303,19 @@ def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: Gen
         e2e_s=timing.e2e_s,
         ttft_s=timing.ttft_s,
         itl_s=timing.itl_s,
-        tpot_s=(timing.e2e_s - timing.ttft_s) / (spec.new_tokens - 1),
+        tpot_s=(timing.e2e_s - timing.ttft_s) / decode_steps,
         tokens_per_s=timing.generated_tokens / timing.e2e_s,
-        peak_memory_bytes=peak_memory,
+        peak_memory_bytes=peak.total_bytes if peak is not None else -1,
         kv_cache_bytes=timing.kv_cache_bytes,
         generated_tokens=timing.generated_tokens,
+        e2e_cpu_s=timing.e2e_cpu_s,
+        ttft_cpu_s=timing.ttft_cpu_s,
+        tpot_cpu_s=(timing.e2e_cpu_s - timing.ttft_cpu_s) / decode_steps,
+        weights_bytes=peak.weights_bytes if peak is not None else None,
+        peak_above_weights_bytes=peak.peak_above_weights_bytes if peak is not None else None,
+        peak_kv_cache_bytes=peak.peak_kv_cache_bytes if peak is not None else None,
+        peak_activations_bytes=peak.peak_activations_bytes if peak is not None else None,
+        peak_memory_note=peak.note if peak is not None else "peak memory was not measured",
     )
 
 
@@ -295,5 +331,5 @@ def run_generation(
     for _ in range(warmup_runs):
         _generate(model, spec, input_ids, attention_mask)
     timing = time_generation(model, spec, input_ids, attention_mask)
-    peak = measure_peak_memory(model, spec, input_ids, attention_mask) if measure_memory else -1
+    peak = measure_peak_memory(model, spec, input_ids, attention_mask) if measure_memory else None
     return result_from_timing(model, spec, timing, peak)

@@ -45,15 +45,19 @@ from kvperf.spec import GenerationSpec, parse_dtype
 
 __all__ = [
     "CACHE_KINDS",
+    "CACHE_NAMES",
     "CacheKind",
     "KvShape",
     "KvSizeEstimate",
     "Quantization",
+    "cache_kwarg",
+    "cache_tensors",
     "estimate_kv_cache",
     "kv_bytes_per_token",
     "kv_cache_bytes",
     "measure_cache_bytes",
     "measure_layer_bytes",
+    "returned_cache",
     "spec_kv_cache_bytes",
 ]
 
@@ -357,6 +361,34 @@ def _storage_bytes(tensors: Iterator[torch.Tensor], seen: set[tuple[str, int]]) 
         seen.add(key)
         total += storage.nbytes()
     return total
+
+
+#: Names under which transformers passes and returns a cache: ``cache`` from 5.24, ``past_key_values``
+#: before (5.24 still accepts it, with a deprecation warning).
+CACHE_NAMES = ("cache", "past_key_values")
+
+
+def returned_cache(output: Any) -> Any:
+    """The cache that a ``generate`` or forward output (or a forward's keyword arguments) carries,
+    under whichever name this transformers release uses; ``None`` if it carries none."""
+    keys = output.keys()
+    return next((output[name] for name in CACHE_NAMES if name in keys and output[name] is not None), None)
+
+
+def cache_kwarg() -> str:
+    """The keyword under which this transformers release takes a cache in ``generate`` and
+    ``forward``: ``cache`` from 5.24 (which deprecates ``past_key_values``), ``past_key_values`` before."""
+    from transformers.generation import utils as generation_utils
+
+    return "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+
+
+def cache_tensors(cache: Any) -> Iterator[torch.Tensor]:
+    """Every plain tensor that the layers of a transformers ``Cache`` hold as cached states (keys,
+    values, quantized parts), in layer order; views included, so a storage can come more than once."""
+    for layer in getattr(cache, "layers", ()):
+        if getattr(layer, "is_initialized", True):
+            yield from _plain_tensors([getattr(layer, attr, None) for attr in _STATE_ATTRS])
 
 
 def measure_layer_bytes(cache: Any) -> tuple[int, ...]:

@@ -46,8 +46,8 @@ class GenerationSpec:
     """One generation case. The model, its dtype and its device are not part of the spec: they come
     from the model the spec is run on, so that one spec can be run across models.
 
-    Decoding is always greedy with ``min_new_tokens == max_new_tokens == new_tokens``, so that every
-    run produces exactly ``batch_size * new_tokens`` tokens and timings are comparable.
+    Decoding is always greedy with ``max_new_tokens == new_tokens`` and EOS stopping off, so that
+    every run produces exactly ``batch_size * new_tokens`` tokens and timings are comparable.
     """
 
     cache: CacheMode = "on"

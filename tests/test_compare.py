@@ -29,6 +29,9 @@ def info(e2e: list[float], *, flops: float = 1e6, kv: int = 4096, peak: int = 10
         "ttft_s_samples": [0.001] * len(e2e), "ttft_s": 0.001,
         "tpot_s_samples": [(t - 0.001) / 3 for t in e2e], "tpot_s": (median(e2e) - 0.001) / 3,
         "tokens_per_s_samples": [4 / t for t in e2e], "tokens_per_s": 4 / median(e2e),
+        # thread CPU time: what the rounds cost without the waiting (here the quiet rounds' cost)
+        "e2e_cpu_s_samples": [0.01] * len(e2e), "ttft_cpu_s_samples": [0.001] * len(e2e),
+        "tpot_cpu_s_samples": [0.003] * len(e2e),
         "flops_per_token": flops, "kv_cache_bytes": kv, "peak_memory_bytes": peak, "generated_tokens": 4,
         "cpu_wait_samples": wait if wait is not None else [0.0] * len(e2e),
     }
@@ -126,6 +129,17 @@ def test_busy_rounds_are_left_out_and_too_few_quiet_rounds_are_flagged_noisy():
     assert verdicts(comparison, "e2e") == ["regressed"]
 
 
+def test_cpu_time_metrics_keep_the_rounds_that_waited():
+    """Waiting for a core adds wall time, not CPU time: no round is left out, and a CPU-time
+    slowdown in rounds that waited is still a regression."""
+    busy = [0.0100, 0.0101, 0.0500, 0.0600, 0.0700]
+    slower = {**info(busy, wait=[0.0, 0.0, 0.4, 0.5, 0.6]), "tpot_cpu_s_samples": [0.0036] * 5}
+    comparison = compare(run({CASE: info(BASE)}), run({CASE: slower}))
+    tpot_cpu = next(v for v in comparison.verdicts if v.metric == "tpot_cpu")
+    assert tpot_cpu.verdict == "regressed" and not tpot_cpu.noisy and tpot_cpu.note == ""
+    assert verdicts(comparison, "e2e_cpu") == ["unchanged"]
+
+
 def test_deterministic_metrics_are_compared_exactly():
     comparison = compare(run({CASE: info(BASE, flops=1_000_000, kv=4096, peak=10_000)}),
                          run({CASE: info(BASE, flops=1_000_001, kv=2048, peak=10_000)}))
@@ -155,9 +169,9 @@ def test_thresholds_parse(items, expected):
 
 @pytest.mark.parametrize(("item", "message"), [
     ("tpot", "bad threshold 'tpot': write METRIC=PCT with METRIC one of e2e, ttft, tpot, tokens_per_s, "
-             "peak_memory, kv_bytes, flops_per_token, e.g. tpot=5"),
+             "e2e_cpu, ttft_cpu, tpot_cpu, peak_memory, kv_bytes, flops_per_token, e.g. tpot=5"),
     ("latency=5", "bad threshold 'latency=5': write METRIC=PCT with METRIC one of e2e, ttft, tpot, "
-                  "tokens_per_s, peak_memory, kv_bytes, flops_per_token, e.g. tpot=5"),
+                  "tokens_per_s, e2e_cpu, ttft_cpu, tpot_cpu, peak_memory, kv_bytes, flops_per_token, e.g. tpot=5"),
     ("tpot=fast", "bad threshold 'tpot=fast': 'fast' is not a percentage, e.g. tpot=5"),
     ("tpot=-1", "bad threshold 'tpot=-1': use a percentage in [0, 1000), e.g. tpot=5"),
 ])

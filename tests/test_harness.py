@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvperf import GenerationSpec, load_model, run_generation
+from kvperf import GenerationSpec, harness, load_model, run_generation
 from kvperf.harness import count_generated_tokens, generate_kwargs
 
 
@@ -43,7 +43,7 @@ def test_static_cache_is_sized_for_each_spec_alone(model):
 
 
 def test_exactly_new_tokens_even_when_eos_is_likely(model):
-    """min_new_tokens == max_new_tokens: a model that prefers EOS still produces every token."""
+    """EOS stopping is off: a model that prefers EOS still produces every token."""
     biased = load_model("tiny-gpt2")
     with torch.no_grad():
         biased.transformer.wte.weight[biased.config.eos_token_id] *= 50  # EOS wins every argmax
@@ -51,15 +51,25 @@ def test_exactly_new_tokens_even_when_eos_is_likely(model):
     assert result.generated_tokens == 36
 
 
-def test_token_count_stops_at_each_rows_first_eos():
-    sequences = torch.tensor([[9, 9, 5, 0, 0, 0], [9, 9, 5, 6, 7, 8]])  # prompt of 2, EOS id 0
-    assert count_generated_tokens(sequences, 2, {0}) == 2 + 4
-    assert count_generated_tokens(sequences, 2, {8}) == 4 + 4
+def test_token_count_is_every_position_after_the_prompt():
+    sequences = torch.tensor([[9, 9, 5, 0, 0, 0], [9, 9, 5, 6, 7, 8]])  # prompt of 2
+    assert count_generated_tokens(sequences, 2) == 4 + 4
+
+
+def test_a_call_that_ends_early_is_refused(model, monkeypatch):
+    """The check after the call: if a stopping criterion cut the output short, the harness says so."""
+    spec = GenerationSpec(batch_size=1, prompt_len=8, new_tokens=6)
+    original = harness.generate_kwargs
+    monkeypatch.setattr(harness, "generate_kwargs", lambda m, s: {**original(m, s), "max_new_tokens": 4})
+    with pytest.raises(RuntimeError, match="generate produced 4 tokens, expected 1 x 6"):
+        run_generation(model, spec, warmup_runs=0)
 
 
 def test_generate_arguments_fix_the_token_count_and_are_greedy(model):
     kwargs = generate_kwargs(model, GenerationSpec(cache="off", new_tokens=7))
-    assert kwargs["min_new_tokens"] == kwargs["max_new_tokens"] == 7
+    assert kwargs["max_new_tokens"] == 7 and kwargs["eos_token_id"] is None
+    # min_new_tokens would add per-step logits processors that a user's generate call does not run
+    assert "min_new_tokens" not in kwargs
     assert kwargs["do_sample"] is False and kwargs["num_beams"] == 1
     assert kwargs["use_cache"] is False
     assert generate_kwargs(model, GenerationSpec(cache="static"))["cache_implementation"] == "static"

@@ -43,6 +43,7 @@ from kvperf.kv_size import (
     kv_cache_bytes,
     measure_cache_bytes,
     measure_layer_bytes,
+    returned_cache,
 )
 from kvperf.models import PRESETS, load_model
 from kvperf.prompts import make_prompts
@@ -133,7 +134,7 @@ def _preset(name: str) -> Any:
 def size_mismatch(case: SizeCase, formula: Formula = estimate_kv_cache) -> str | None:
     """Generate ``case`` on a fresh model and compare the formula with the cache, layer by layer."""
     model = build_model(case.small, case.dtype)  # fresh: a static cache reuses a model's longest length
-    measured = measure_layer_bytes(_generate(model, case).past_key_values)
+    measured = measure_layer_bytes(returned_cache(_generate(model, case)))
     estimate = formula(model.config, case.batch_size, case.seq_len, case.dtype, case.cache,
                        prompt_len=case.prompt_len, quantization=case.quantization)
     if estimate.layer_bytes == measured:
@@ -187,7 +188,7 @@ def test_static_cache_keeps_the_longest_length_of_earlier_calls() -> None:
     long = SizeCase(small, "float32", "static", 2, 12, 6, (0, 4))
     short = replace(long, prompt_len=5, new_tokens=3)
     _generate(model, long)
-    measured = measure_layer_bytes(_generate(model, short).past_key_values)
+    measured = measure_layer_bytes(returned_cache(_generate(model, short)))
     assert measured == estimate_kv_cache(model.config, 2, short.seq_len, cache="static",
                                          max_cache_len=long.seq_len).layer_bytes
     assert measured != estimate_kv_cache(model.config, 2, short.seq_len, cache="static").layer_bytes
@@ -201,7 +202,7 @@ def test_presets_agree_to_the_byte(preset: str, cache: str) -> None:
     for batch, left_pad in ((1, (0,)), (4, (0, 3, 0, 7))):
         case = SizeCase(SmallConfig("gpt2", 1, 1, 1, 4, 32), "float32", cache, batch, 16, 4, left_pad,
                         Quantization("fp8") if cache == "quantized" else None)
-        measured = measure_layer_bytes(_generate(model, case).past_key_values)
+        measured = measure_layer_bytes(returned_cache(_generate(model, case)))
         estimate = estimate_kv_cache(model.config, batch, case.seq_len, cache=cache, prompt_len=16,
                                      quantization=case.quantization)
         assert measured == estimate.layer_bytes, (preset, cache, batch)

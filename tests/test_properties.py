@@ -49,6 +49,7 @@ from transformers.cache_utils import DynamicLayer
 
 from kvperf.configs import SmallConfig, build_model, small_configs
 from kvperf.harness import generate_kwargs
+from kvperf.kv_size import cache_kwarg
 from kvperf.prompts import make_prompts
 from kvperf.spec import GenerationSpec
 
@@ -103,9 +104,9 @@ def _greedy(model: Any, spec: GenerationSpec, input_ids: torch.Tensor, attention
             cache: Any = None, new_tokens: int | None = None) -> Any:
     kwargs = {**generate_kwargs(model, spec), "output_scores": True}
     if new_tokens is not None:
-        kwargs.update(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        kwargs.update(max_new_tokens=new_tokens)
     if cache is not None:
-        kwargs["past_key_values"] = cache
+        kwargs[cache_kwarg()] = cache
     with torch.no_grad():
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
