@@ -134,10 +134,14 @@ def test_cpu_time_metrics_keep_the_rounds_that_waited():
     slowdown in rounds that waited is still a regression."""
     busy = [0.0100, 0.0101, 0.0500, 0.0600, 0.0700]
     slower = {**info(busy, wait=[0.0, 0.0, 0.4, 0.5, 0.6]), "tpot_cpu_s_samples": [0.0036] * 5}
-    comparison = compare(run({CASE: info(BASE)}), run({CASE: slower}))
+    # information by default: not compared unless the user sets a threshold
+    assert verdicts(compare(run({CASE: info(BASE)}), run({CASE: slower})), "tpot_cpu") == []
+    comparison = compare(run({CASE: info(BASE)}), run({CASE: slower}),
+                         thresholds={"tpot_cpu": 5, "e2e_cpu": 5})
     tpot_cpu = next(v for v in comparison.verdicts if v.metric == "tpot_cpu")
     assert tpot_cpu.verdict == "regressed" and not tpot_cpu.noisy and tpot_cpu.note == ""
     assert verdicts(comparison, "e2e_cpu") == ["unchanged"]
+    assert verdicts(comparison, "ttft_cpu") == []
 
 
 def test_deterministic_metrics_are_compared_exactly():
