@@ -57,6 +57,10 @@ class Baseline:
     cases: dict[CaseKey, dict[str, Any]]
     #: Benchmarks in the file that kvperf did not write (no ``kvperf_schema``); not compared.
     foreign_benchmarks: int = 0
+    #: ``kvperf_subset``: the run's options narrowed its tier; None in a file that does not say.
+    subset: bool | None = None
+    #: ``kvperf_selection``: the run's case-selecting options (``kvperf.selection.Selection.to_json``).
+    selection: dict[str, Any] | None = None
 
 
 def baseline_path(directory: str | Path, environment_key: str, tier: str) -> Path:
@@ -127,8 +131,15 @@ def baseline_from_json(data: Any, source: str) -> Baseline:
     if not cases:
         raise BadInputError(f"{source}: holds no kvperf benchmark (no extra_info.kvperf_schema): pass a file "
                             "from a run of kvperf's benchmarks")
+    subset = data.get("kvperf_subset")
+    if subset is not None and not isinstance(subset, bool):
+        raise BadInputError(f"{source}: 'kvperf_subset' is {subset!r}, not true or false: the file is damaged, "
+                            "regenerate it")
+    selection = data.get("kvperf_selection")
+    if selection is not None and not isinstance(selection, dict):
+        raise BadInputError(f"{source}: 'kvperf_selection' is not an object: the file is damaged, regenerate it")
     return Baseline(source=source, schema=schema, environment=environment, cases=cases,
-                    foreign_benchmarks=foreign)
+                    foreign_benchmarks=foreign, subset=subset, selection=selection)
 
 
 def load_baseline(path: str | Path) -> Baseline:

@@ -1,7 +1,13 @@
 """kvperf: time generation, size the KV cache, report experiments and compare runs against a baseline.
 
-Exit codes: 0 success, 1 a regression was found (``compare``, ``ab``), 2 bad input (a one-line message
-on stderr, never a traceback), 3 a side of ``kvperf ab`` failed (its log is named).
+Exit codes:
+  0  success; for compare and ab: no regression in the cases compared
+  1  a regression was found (compare, ab), and nothing else
+  2  bad input: a one-line message on stderr, never a traceback (a bad option, an unreadable or
+     damaged file, files with no case in common, cases in one file only without --allow-partial)
+  3  a side of `kvperf ab` failed (its log is named)
+  8  compare, ab: timings were gated (--timings gate) but none could be tested (all too noisy, or
+     no raw samples): not a pass
 """
 
 from __future__ import annotations
@@ -140,16 +146,28 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     thresholds = _thresholds(args)
     comparison = compare(load_baseline(args.baseline), load_baseline(args.current), thresholds=thresholds,
                          timings=args.timings, allow_env_mismatch=args.allow_env_mismatch,
-                         max_cpu_wait=args.max_cpu_wait)
+                         max_cpu_wait=args.max_cpu_wait, allow_partial=args.allow_partial)
     return _print_comparison(comparison, args)
+
+
+_COMPARE_EXIT_CODES = ("Exit codes: 0 no regression in the cases compared, 1 at least one regression, 2 bad input "
+                       "(including files with no case in common, or cases in one file only without "
+                       "--allow-partial), {extra}8 timings gated (--timings gate) but none could be tested: "
+                       "not a pass.")
+
+
+def _add_partial(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-partial", action="store_true",
+                   help="compare only the cases both runs have: cases missing from the current run or new in it "
+                        "are listed instead of refused (at least one case must be in both)")
 
 
 def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
     from kvperf.compare import MAX_CPU_WAIT, METRICS
 
     p = sub.add_parser("compare", help="verdicts of a run against a baseline; exit 1 on a regression",
-                       description="Compare two kvperf result files (pytest-benchmark JSON). Exit codes: 0 no "
-                                   "regression, 1 at least one regression, 2 bad input.")
+                       description="Compare two kvperf result files (pytest-benchmark JSON). "
+                                   + _COMPARE_EXIT_CODES.format(extra=""))
     p.add_argument("baseline", help="the baseline JSON (e.g. baselines/<environment key>/quick.json)")
     p.add_argument("current", help="the JSON of the run to judge (pytest benchmarks --benchmark-json=FILE)")
     defaults = ", ".join(f"{m.name} {m.default_threshold_pct:g}" for m in METRICS)
@@ -165,6 +183,7 @@ def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--max-cpu-wait", type=float, default=MAX_CPU_WAIT, metavar="SHARE",
                    help=f"leave out rounds whose threads waited for a core longer than this share of the round "
                         f"(default {MAX_CPU_WAIT})")
+    _add_partial(p)
     p.set_defaults(handler=_cmd_compare)
 
 
@@ -193,7 +212,8 @@ def _cmd_ab(args: argparse.Namespace) -> int:
               "timings were measured one run after the other, not side by side", file=sys.stderr)
     # The two sides may differ in software on purpose (a torch upgrade): compare anyway, and say how.
     comparison = compare(load_baseline(run.baseline_json), load_baseline(run.current_json), thresholds=thresholds,
-                         timings="gate", allow_env_mismatch=True, max_cpu_wait=args.max_cpu_wait)
+                         timings="gate", allow_env_mismatch=True, max_cpu_wait=args.max_cpu_wait,
+                         allow_partial=args.allow_partial)
     (Path(args.out) / "comparison.md").write_text(render_markdown(comparison))
     return _print_comparison(comparison, args)
 
@@ -206,8 +226,8 @@ def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
         description="Run the benchmarks of two sides (each a Python with kvperf installed and a checkout) as two "
                     "pytest sessions that take turns round by round, so both see the same machine, then compare "
                     "them like `kvperf compare`. Writes baseline.json, current.json, their logs and "
-                    "comparison.md into --out. Exit codes: 0 no regression, 1 at least one regression, 2 bad "
-                    "input, 3 a side's session failed. Pytest arguments go after `--` (default: benchmarks).")
+                    "comparison.md into --out. " + _COMPARE_EXIT_CODES.format(extra="3 a side's session failed, ")
+                    + " Pytest arguments go after `--` (default: benchmarks).")
     for name in ("baseline", "current"):
         p.add_argument(f"--{name}-python", default=sys.executable, metavar="PYTHON",
                        help=f"python of the {name} side's environment (default: this one)")
@@ -223,6 +243,7 @@ def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
                         "depend on each process's history (default); default: leave the allocator alone")
     p.add_argument("--out", default="kvperf-ab", metavar="DIR", help="directory for the results (default kvperf-ab)")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier A/B run in --out")
+    _add_partial(p)
     p.add_argument("--threshold", action="append", default=[], metavar="METRIC=PCT",
                    help="regression threshold of one metric in percent (repeatable), as for compare")
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table", help="output format")
@@ -253,7 +274,10 @@ def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def build_parser() -> _Parser:
-    parser = _Parser(prog="kvperf", description=__doc__.splitlines()[0] if __doc__ else None)
+    doc = __doc__ or ""
+    parser = _Parser(prog="kvperf", description=doc.splitlines()[0] if doc else None,
+                     epilog=doc[doc.index("Exit codes:"):] if "Exit codes:" in doc else None,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
     _add_kv_size(sub)
