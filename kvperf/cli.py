@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvperf.errors import EXIT_BAD_INPUT, KvperfError, UsageError
+from kvperf.text import terminal_safe
 
 if TYPE_CHECKING:
     from kvperf.compare import Comparison
@@ -33,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse exits with 2 on a usage error already; keep its message to one line."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"kvperf: error: {message} (see `{self.prog} --help`)\n")
+        sys.stderr.write(terminal_safe(f"kvperf: error: {message} (see `{self.prog} --help`)") + "\n")
         raise SystemExit(EXIT_BAD_INPUT)
 
 
@@ -293,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except KvperfError as exc:
-        sys.stderr.write(f"kvperf: error: {exc}\n")
+        sys.stderr.write(terminal_safe(f"kvperf: error: {exc}") + "\n")
         return exc.exit_code
 
 
