@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvperf.errors import EXIT_BAD_INPUT, KvperfError, UsageError
@@ -189,7 +188,7 @@ def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_ab(args: argparse.Namespace) -> int:
-    from kvperf.ab import Side, default_cpus, parse_cpus, parse_env_items, run_ab
+    from kvperf.ab import Side, default_cpus, parse_cpus, parse_env_items, prepare_out, run_ab
     from kvperf.baseline import load_baseline
     from kvperf.compare import compare
     from kvperf.render import render_markdown
@@ -198,25 +197,36 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     pytest_args = list(args.pytest_args)
     if pytest_args[:1] == ["--"]:
         pytest_args = pytest_args[1:]
+    pytest_args = pytest_args or ["benchmarks"]
     sides = [Side(name, python=getattr(args, f"{name}_python"), directory=getattr(args, f"{name}_dir"),
                   env=parse_env_items(getattr(args, f"{name}_env"), f"--{name}-env"))
              for name in ("baseline", "current")]
     for side in sides:
         side.check()
     cpus = default_cpus() if args.cpus is None else parse_cpus(args.cpus)
-    print(f"kvperf ab: running `pytest {' '.join(pytest_args or ['benchmarks'])}` for both sides, taking turns; "
-          f"logs in {args.out}/baseline.log and {args.out}/current.log", file=sys.stderr, flush=True)
-    run = run_ab(sides[0], sides[1], args.out, pytest_args or ["benchmarks"], overwrite=args.overwrite,
-                 cpus=cpus, fixed_malloc=args.malloc == "fixed")
+    out = prepare_out(args.out, overwrite=args.overwrite)
+    print(f"kvperf ab: running `pytest {' '.join(pytest_args)}` for both sides, taking turns; "
+          f"logs in {out}/baseline.log and {out}/current.log", file=sys.stderr, flush=True)
+    run = run_ab(sides[0], sides[1], out, pytest_args, overwrite=args.overwrite, cpus=cpus,
+                 fixed_malloc=args.malloc == "fixed")
     if run.paired_turns == 0:
         print("kvperf ab: warning: the sides never took turns (does each side's kvperf have `kvperf ab`?): their "
               "timings were measured one run after the other, not side by side", file=sys.stderr)
-    # The two sides may differ in software on purpose (a torch upgrade): compare anyway, and say how.
-    comparison = compare(load_baseline(run.baseline_json), load_baseline(run.current_json), thresholds=thresholds,
-                         timings="gate", allow_env_mismatch=True, max_cpu_wait=args.max_cpu_wait,
-                         allow_partial=args.allow_partial)
-    (Path(args.out) / "comparison.md").write_text(render_markdown(comparison))
-    return _print_comparison(comparison, args)
+    try:
+        # The two sides may differ in software on purpose (a torch upgrade): compare anyway, and say how.
+        comparison = compare(load_baseline(run.baseline_json), load_baseline(run.current_json),
+                             thresholds=thresholds, timings="gate", allow_env_mismatch=True,
+                             max_cpu_wait=args.max_cpu_wait, allow_partial=args.allow_partial)
+    except KvperfError as exc:
+        raise type(exc)(f"{exc} (the results of both sides are kept in {out})") from None
+    code = _print_comparison(comparison, args)
+    target = out / "comparison.md"
+    try:
+        target.write_text(render_markdown(comparison), encoding="utf-8")
+    except OSError as exc:
+        raise KvperfError(f"{target}: cannot write the comparison ({exc.strerror or type(exc).__name__}); the "
+                          f"results of both sides are in {out}") from None
+    return code
 
 
 def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -227,7 +237,8 @@ def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
         description="Run the benchmarks of two sides (each a Python with kvperf installed and a checkout) as two "
                     "pytest sessions that take turns round by round, so both see the same machine, then compare "
                     "them like `kvperf compare`. Writes baseline.json, current.json, their logs and "
-                    "comparison.md into --out. " + _COMPARE_EXIT_CODES.format(extra="3 a side's session failed, ")
+                    "comparison.md into --out, and never replaces an earlier run's files there without "
+                    "--overwrite. " + _COMPARE_EXIT_CODES.format(extra="3 a side's session failed, ")
                     + " Pytest arguments go after `--` (default: benchmarks).")
     for name in ("baseline", "current"):
         p.add_argument(f"--{name}-python", default=sys.executable, metavar="PYTHON",
@@ -243,7 +254,9 @@ def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="fixed: both sides run glibc malloc with fixed thresholds, so allocation costs do not "
                         "depend on each process's history (default); default: leave the allocator alone")
     p.add_argument("--out", default="kvperf-ab", metavar="DIR", help="directory for the results (default kvperf-ab)")
-    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier A/B run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier A/B run in --out (its JSON, logs, retries and "
+                        "comparison.md)")
     _add_partial(p)
     p.add_argument("--threshold", action="append", default=[], metavar="METRIC=PCT",
                    help="regression threshold of one metric in percent (repeatable), as for compare")

@@ -137,7 +137,8 @@ def test_ab_catches_a_cache_disabled_on_the_current_side(checkout, capsys):
     assert (checkout / "ab" / "comparison.md").read_text().startswith("#")
     # The results of a finished A/B run are not replaced unless asked.
     assert main(_ab_args(checkout)) == 2
-    assert "results of an earlier A/B run: pass --overwrite" in capsys.readouterr().err
+    assert "holds the results of an earlier A/B run (baseline.json, current.json, baseline.log, current.log, " \
+           "comparison.md): pass --overwrite" in capsys.readouterr().err
 
 
 def test_ab_reports_a_failing_side_with_exit_3(checkout, capsys):
@@ -153,3 +154,4 @@ def test_ab_bad_python_is_exit_2(checkout, capsys):
     assert capsys.readouterr().err == (f"kvperf: error: --current-python {checkout / 'nope'}: not an executable file: "
                                        "give the python of a virtual environment with kvperf installed, e.g. "
                                        ".venv/bin/python\n")
+
