@@ -16,12 +16,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvperf.errors import EXIT_BAD_INPUT, KvperfError, UsageError
 from kvperf.text import terminal_safe
 
 if TYPE_CHECKING:
+    from kvperf.ab import AbRun
     from kvperf.compare import Comparison
 
 __all__ = ["main"]
@@ -188,12 +190,18 @@ def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_ab(args: argparse.Namespace) -> int:
+    import time
+
     from kvperf.ab import Side, default_cpus, parse_cpus, parse_env_items, prepare_out, run_ab
+    from kvperf.ab_retry import extend_noisy
     from kvperf.baseline import load_baseline
     from kvperf.compare import compare
     from kvperf.render import render_markdown
 
     thresholds = _thresholds(args)
+    if not 0 <= args.retry_budget_s <= 86_400:
+        raise UsageError(f"--retry-budget-s {args.retry_budget_s:g} must be in [0, 86400] seconds, e.g. 120 "
+                         "(0: no retries)")
     pytest_args = list(args.pytest_args)
     if pytest_args[:1] == ["--"]:
         pytest_args = pytest_args[1:]
@@ -207,18 +215,31 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     out = prepare_out(args.out, overwrite=args.overwrite)
     print(f"kvperf ab: running `pytest {' '.join(pytest_args)}` for both sides, taking turns; "
           f"logs in {out}/baseline.log and {out}/current.log", file=sys.stderr, flush=True)
+    start = time.monotonic()
     run = run_ab(sides[0], sides[1], out, pytest_args, overwrite=args.overwrite, cpus=cpus,
                  fixed_malloc=args.malloc == "fixed")
+    first_run_s = time.monotonic() - start
     if run.paired_turns == 0:
         print("kvperf ab: warning: the sides never took turns (does each side's kvperf have `kvperf ab`?): their "
               "timings were measured one run after the other, not side by side", file=sys.stderr)
-    try:
+
+    def compare_files(baseline_json: Path, current_json: Path) -> Comparison:
         # The two sides may differ in software on purpose (a torch upgrade): compare anyway, and say how.
-        comparison = compare(load_baseline(run.baseline_json), load_baseline(run.current_json),
-                             thresholds=thresholds, timings="gate", allow_env_mismatch=True,
-                             max_cpu_wait=args.max_cpu_wait, allow_partial=args.allow_partial)
+        return compare(load_baseline(baseline_json), load_baseline(current_json), thresholds=thresholds,
+                       timings="gate", allow_env_mismatch=True, max_cpu_wait=args.max_cpu_wait,
+                       allow_partial=args.allow_partial)
+
+    def run_cases(cases: Sequence[tuple[str, str]], extra: Sequence[str], retry_out: Path) -> AbRun:
+        return run_ab(sides[0], sides[1], retry_out, [*pytest_args, *extra], cpus=cpus,
+                      fixed_malloc=args.malloc == "fixed")
+
+    try:
+        comparison = compare_files(run.baseline_json, run.current_json)
     except KvperfError as exc:
         raise type(exc)(f"{exc} (the results of both sides are kept in {out})") from None
+    comparison, _ = extend_noisy(run, comparison, out_dir=out, run_cases=run_cases, compare_files=compare_files,
+                                 budget_s=args.retry_budget_s, first_run_s=first_run_s,
+                                 log=lambda line: print(line, file=sys.stderr, flush=True))
     code = _print_comparison(comparison, args)
     target = out / "comparison.md"
     try:
@@ -230,15 +251,17 @@ def _cmd_ab(args: argparse.Namespace) -> int:
 
 
 def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
+    from kvperf.ab_retry import RETRY_BUDGET_S
     from kvperf.compare import MAX_CPU_WAIT
 
     p = sub.add_parser(
         "ab", help="benchmark a baseline and a current checkout side by side, taking turns, and compare them",
         description="Run the benchmarks of two sides (each a Python with kvperf installed and a checkout) as two "
                     "pytest sessions that take turns round by round, so both see the same machine, then compare "
-                    "them like `kvperf compare`. Writes baseline.json, current.json, their logs and "
-                    "comparison.md into --out, and never replaces an earlier run's files there without "
-                    "--overwrite. " + _COMPARE_EXIT_CODES.format(extra="3 a side's session failed, ")
+                    "them like `kvperf compare`. Cases whose timings were too noisy to test are run again, both "
+                    "sides taking turns, within --retry-budget-s. Writes baseline.json, current.json, their logs, "
+                    "retries/ and comparison.md into --out, and never replaces an earlier run's files there "
+                    "without --overwrite. " + _COMPARE_EXIT_CODES.format(extra="3 a side's session failed, ")
                     + " Pytest arguments go after `--` (default: benchmarks).")
     for name in ("baseline", "current"):
         p.add_argument(f"--{name}-python", default=sys.executable, metavar="PYTHON",
@@ -257,6 +280,9 @@ def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of an earlier A/B run in --out (its JSON, logs, retries and "
                         "comparison.md)")
+    p.add_argument("--retry-budget-s", type=float, default=RETRY_BUDGET_S, metavar="SECONDS",
+                   help="time to spend running again the cases whose timings were too noisy to test, adding "
+                        f"their rounds (default {RETRY_BUDGET_S:g}; 0: no retries)")
     _add_partial(p)
     p.add_argument("--threshold", action="append", default=[], metavar="METRIC=PCT",
                    help="regression threshold of one metric in percent (repeatable), as for compare")
