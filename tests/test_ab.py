@@ -112,7 +112,8 @@ def checkout(tmp_path: Path) -> Path:
 
 def _ab_args(checkout: Path, *extra: str) -> list[str]:
     return ["ab", "--baseline-dir", str(checkout), "--current-dir", str(checkout), "--out", str(checkout / "ab"),
-            "--cpus", "all", *extra, "--", "test_tiny_bench.py", "-q", "--kvperf-rounds", "3", "--kvperf-warmup", "0"]
+            "--cpus", "all", "--retry-budget-s", "0", *extra, "--", "test_tiny_bench.py", "-q", "--kvperf-rounds", "3",
+            "--kvperf-warmup", "0"]
 
 
 def test_the_plugin_passes_the_turn_before_every_round(checkout):
