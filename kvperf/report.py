@@ -209,7 +209,11 @@ def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
     except ImportError:
         raise UsageError("plots need matplotlib: pip install 'kvperf[plot]'") from None
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--plots {out}: cannot create the directory ({exc.strerror or type(exc).__name__}): "
+                         "give a directory kvperf can write to") from None
     groups = _by_experiment(cases)
     written: list[Path] = []
 
@@ -219,8 +223,13 @@ def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
             ax.legend(fontsize=7)
         path = out / name
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        try:
+            fig.savefig(path, dpi=110)
+        except OSError as exc:
+            raise UsageError(f"--plots {out}: cannot write {path.name} ({exc.strerror or type(exc).__name__}): "
+                             "give a directory kvperf can write to") from None
+        finally:
+            plt.close(fig)
         written.append(path)
 
     def memory_panel(ax: Any, xs: list[int], mine: list[Row], dtype: str) -> None:

@@ -149,3 +149,15 @@ def test_a_zero_kv_size_gets_no_fit_instead_of_an_error(tmp_path: Path, capsys):
     assert main(["report", str(path)]) == 0
     assert "float32 KV bytes against cached positions: no fit (a value is zero or not measured)" in (
         capsys.readouterr().out)
+
+
+def test_report_plots_into_a_file_or_an_unwritable_place_is_one_line(tmp_path: Path, capsys):
+    pytest.importorskip("matplotlib")
+    path = report_file(tmp_path, "good.json", _case("batch", "on", 32, 0.1))
+    (tmp_path / "a_file").write_text("mine")
+    for target in (tmp_path / "a_file", tmp_path / "a_file" / "sub"):
+        assert main(["report", str(path), "--plots", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert err.startswith(f"kvperf: error: --plots {target}: cannot create the directory (")
+    assert (tmp_path / "a_file").read_text() == "mine"
