@@ -25,8 +25,10 @@ different speeds for seconds; and both run glibc's allocator with fixed threshol
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -34,8 +36,8 @@ from pathlib import Path
 
 from kvperf.errors import KvperfError, UsageError
 
-__all__ = ["ENV_VAR", "FIXED_MALLOC", "AbRun", "Side", "SideFailedError", "Turns", "default_cpus", "parse_cpus",
-           "parse_env_items", "run_ab"]
+__all__ = ["ENV_VAR", "FIXED_MALLOC", "OUTPUTS", "AbRun", "Side", "SideFailedError", "Turns", "default_cpus",
+           "parse_cpus", "parse_env_items", "prepare_out", "run_ab"]
 
 #: Environment variable through which ``run_ab`` gives a side its two pipe descriptors.
 ENV_VAR = "KVPERF_AB_TURNS"
@@ -47,6 +49,10 @@ _ASK, _GO, _DONE = b"?", b"!", b"."
 #: allocation is a fresh, page-faulting mapping in one process and recycled heap in another: in A/A
 #: runs, the TTFT of a static-cache case differed by 15-23% between two identical sessions.
 FIXED_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+
+
+#: What an A/B run writes into its ``--out`` directory (``retries`` holds ``kvperf.ab_retry``'s attempts).
+OUTPUTS = ("baseline.json", "current.json", "baseline.log", "current.log", "comparison.md", "retries")
 
 
 class SideFailedError(KvperfError):
@@ -246,23 +252,47 @@ def parse_cpus(raw: str) -> frozenset[int] | None:
     return cpus
 
 
+def prepare_out(out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Make ``out_dir`` ready for an A/B run's results, before anything runs: create it, check that
+    files can be written there, and refuse to replace an earlier run's outputs (``OUTPUTS``) unless
+    ``overwrite`` (which then removes the earlier retries). ``UsageError`` naming ``--out`` otherwise."""
+    raw = str(out_dir)
+    if not raw.strip():
+        raise UsageError(f"--out {raw!r}: give a directory for the results, e.g. --out kvperf-ab")
+    out = Path(raw)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {raw}: is a file, not a directory: give a directory for the results (it is "
+                         "created if needed)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".kvperf-ab-", suffix=".probe", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--out {raw}: cannot write there ({exc.strerror or type(exc).__name__}): give a "
+                         "writable directory") from None
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not overwrite:
+        raise UsageError(f"--out {raw}: holds the results of an earlier A/B run ({', '.join(existing)}): pass "
+                         "--overwrite to replace them, or --out DIR to write elsewhere")
+    if overwrite and (out / "retries").is_dir():
+        shutil.rmtree(out / "retries")
+    return out
+
+
 def run_ab(baseline: Side, current: Side, out_dir: str | Path, pytest_args: Sequence[str], *,
            overwrite: bool = False, cpus: frozenset[int] | None = None, fixed_malloc: bool = True) -> AbRun:
     """Run ``pytest <pytest_args>`` for both sides, taking turns, writing ``baseline.json`` and
     ``current.json`` (pytest-benchmark JSON, kvperf baselines) and a log per side into ``out_dir``.
 
     Both sides are pinned to ``cpus`` (None: not pinned) and, with ``fixed_malloc``, run glibc's
-    allocator with fixed thresholds (``FIXED_MALLOC``). Refuses to replace earlier result files unless
-    ``overwrite``. Raises ``SideFailedError`` when a side's session fails, naming its log."""
+    allocator with fixed thresholds (``FIXED_MALLOC``). Refuses to replace an earlier run's outputs
+    unless ``overwrite`` (``prepare_out``). Raises ``SideFailedError`` when a side's session fails,
+    naming its log."""
     for side in (baseline, current):
         side.check()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(out_dir, overwrite=overwrite)
     targets = {s.name: out / f"{s.name}.json" for s in (baseline, current)}
-    existing = [str(p) for p in targets.values() if p.exists()]
-    if existing and not overwrite:
-        raise UsageError(f"{', '.join(existing)}: results of an earlier A/B run: pass --overwrite to replace "
-                         "them, or --out DIR to write elsewhere")
     parts = {name: target.with_name(f".{target.name}.part") for name, target in targets.items()}
     logs = {s.name: out / f"{s.name}.log" for s in (baseline, current)}
     for part in parts.values():

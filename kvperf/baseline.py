@@ -18,7 +18,6 @@ file and the fix.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 
 from kvperf.env import Environment
 from kvperf.errors import BadInputError
+from kvperf.result_file import check_case, check_environment, check_schema, read_json
 
 __all__ = [
     "BASELINE_DIR",
@@ -57,6 +57,10 @@ class Baseline:
     cases: dict[CaseKey, dict[str, Any]]
     #: Benchmarks in the file that kvperf did not write (no ``kvperf_schema``); not compared.
     foreign_benchmarks: int = 0
+    #: ``kvperf_subset``: the run's options narrowed its tier; None in a file that does not say.
+    subset: bool | None = None
+    #: ``kvperf_selection``: the run's case-selecting options (``kvperf.selection.Selection.to_json``).
+    selection: dict[str, Any] | None = None
 
 
 def baseline_path(directory: str | Path, environment_key: str, tier: str) -> Path:
@@ -71,24 +75,6 @@ def dumps(data: dict[str, Any]) -> str:
     return str(safe_dumps(data, ensure_ascii=True, indent=4))
 
 
-def _supported_schema() -> int:
-    # Imported here: kvperf.bench pulls in torch, which `kvperf compare` never needs otherwise.
-    from kvperf.bench import SCHEMA_VERSION
-
-    return SCHEMA_VERSION
-
-
-def _kvperf_schema(value: Any, where: str, source: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadInputError(f"{source}: {where} is {value!r}, not a kvperf schema version: "
-                            "regenerate the file with `pytest benchmarks --benchmark-json=FILE`")
-    supported = _supported_schema()
-    if value > supported:
-        raise BadInputError(f"{source}: written by a newer kvperf (schema {value}, this kvperf reads up to "
-                            f"{supported}): upgrade kvperf (`pip install -U kvperf`)")
-    return value
-
-
 def baseline_from_json(data: Any, source: str) -> Baseline:
     """Check that ``data`` (parsed JSON) is a kvperf result file and index its cases."""
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
@@ -99,12 +85,13 @@ def baseline_from_json(data: Any, source: str) -> Baseline:
         raise BadInputError(f"{source}: not a kvperf baseline (no 'kvperf' schema block): pass a file written "
                             "by `pytest benchmarks` with kvperf installed (--benchmark-json or "
                             "--kvperf-save-baseline)")
-    schema = _kvperf_schema(block["schema"], "'kvperf.schema'", source)
+    schema = check_schema(block["schema"], "'kvperf.schema'", source)
     machine = data.get("machine_info")
     env_data = machine.get("kvperf") if isinstance(machine, dict) else None
     if not isinstance(env_data, dict):
         raise BadInputError(f"{source}: no environment fingerprint (machine_info.kvperf): regenerate the "
                             "file with kvperf's pytest plugin enabled")
+    check_environment(env_data, source)
     try:
         environment = Environment.from_json(env_data)
     except (TypeError, ValueError) as exc:
@@ -116,10 +103,11 @@ def baseline_from_json(data: Any, source: str) -> Baseline:
         if not isinstance(info, dict) or "kvperf_schema" not in info:
             foreign += 1
             continue
-        _kvperf_schema(info["kvperf_schema"], f"benchmarks[{index}].extra_info.kvperf_schema", source)
+        check_schema(info["kvperf_schema"], f"benchmarks[{index}].extra_info.kvperf_schema", source)
         name = bench.get("name")
         if not isinstance(name, str):
             raise BadInputError(f"{source}: benchmarks[{index}] has no name: the file is damaged, regenerate it")
+        check_case(info, f"benchmarks[{index}] ({name[:80]})", source)
         key = (name, str(info.get("model", "")))
         if key in cases:
             raise BadInputError(f"{source}: case {name} (model {key[1]}) appears twice: keep one run per file")
@@ -127,33 +115,20 @@ def baseline_from_json(data: Any, source: str) -> Baseline:
     if not cases:
         raise BadInputError(f"{source}: holds no kvperf benchmark (no extra_info.kvperf_schema): pass a file "
                             "from a run of kvperf's benchmarks")
+    subset = data.get("kvperf_subset")
+    if subset is not None and not isinstance(subset, bool):
+        raise BadInputError(f"{source}: 'kvperf_subset' is {subset!r}, not true or false: the file is damaged, "
+                            "regenerate it")
+    selection = data.get("kvperf_selection")
+    if selection is not None and not isinstance(selection, dict):
+        raise BadInputError(f"{source}: 'kvperf_selection' is not an object: the file is damaged, regenerate it")
     return Baseline(source=source, schema=schema, environment=environment, cases=cases,
-                    foreign_benchmarks=foreign)
+                    foreign_benchmarks=foreign, subset=subset, selection=selection)
 
 
 def load_baseline(path: str | Path) -> Baseline:
     """Read and check a kvperf result file; ``BadInputError`` (one line) on any problem."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInputError(f"{source}: no such file: check the path, or save a baseline first with "
-                            "`pytest benchmarks --kvperf-save-baseline`") from None
-    except IsADirectoryError:
-        raise BadInputError(f"{source}: is a directory: pass the JSON file inside it") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise BadInputError(f"{source}: cannot read the file ({reason}): check its permissions and "
-                            "encoding") from None
-    if not text.strip():
-        raise BadInputError(f"{source}: is empty: regenerate it with `pytest benchmarks --benchmark-json=FILE`")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        hint = "truncated" if exc.pos >= len(text.rstrip()) - 1 else "not valid JSON"
-        raise BadInputError(f"{source}: {hint} (line {exc.lineno}, column {exc.colno}): regenerate the file, "
-                            "an interrupted write or a bad merge can leave it like this") from None
-    return baseline_from_json(data, source)
+    return baseline_from_json(read_json(path), str(path))
 
 
 def write_baseline(data: dict[str, Any], path: str | Path, *, overwrite: bool = False) -> Path:

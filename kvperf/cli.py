@@ -1,7 +1,13 @@
 """kvperf: time generation, size the KV cache, report experiments and compare runs against a baseline.
 
-Exit codes: 0 success, 1 a regression was found (``compare``, ``ab``), 2 bad input (a one-line message
-on stderr, never a traceback), 3 a side of ``kvperf ab`` failed (its log is named).
+Exit codes:
+  0  success; for compare and ab: no regression in the cases compared
+  1  a regression was found (compare, ab), and nothing else
+  2  bad input: a one-line message on stderr, never a traceback (a bad option, an unreadable or
+     damaged file, files with no case in common, cases in one file only without --allow-partial)
+  3  a side of `kvperf ab` failed (its log is named)
+  8  compare, ab: timings were gated (--timings gate) but none could be tested (all too noisy, or
+     no raw samples): not a pass
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvperf.errors import EXIT_BAD_INPUT, KvperfError, UsageError
+from kvperf.text import terminal_safe
 
 if TYPE_CHECKING:
+    from kvperf.ab import AbRun
     from kvperf.compare import Comparison
 
 __all__ = ["main"]
@@ -27,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse exits with 2 on a usage error already; keep its message to one line."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"kvperf: error: {message} (see `{self.prog} --help`)\n")
+        sys.stderr.write(terminal_safe(f"kvperf: error: {message} (see `{self.prog} --help`)") + "\n")
         raise SystemExit(EXIT_BAD_INPUT)
 
 
@@ -140,16 +148,28 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     thresholds = _thresholds(args)
     comparison = compare(load_baseline(args.baseline), load_baseline(args.current), thresholds=thresholds,
                          timings=args.timings, allow_env_mismatch=args.allow_env_mismatch,
-                         max_cpu_wait=args.max_cpu_wait)
+                         max_cpu_wait=args.max_cpu_wait, allow_partial=args.allow_partial)
     return _print_comparison(comparison, args)
+
+
+_COMPARE_EXIT_CODES = ("Exit codes: 0 no regression in the cases compared, 1 at least one regression, 2 bad input "
+                       "(including files with no case in common, or cases in one file only without "
+                       "--allow-partial), {extra}8 timings gated (--timings gate) but none could be tested: "
+                       "not a pass.")
+
+
+def _add_partial(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-partial", action="store_true",
+                   help="compare only the cases both runs have: cases missing from the current run or new in it "
+                        "are listed instead of refused (at least one case must be in both)")
 
 
 def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
     from kvperf.compare import MAX_CPU_WAIT, METRICS
 
     p = sub.add_parser("compare", help="verdicts of a run against a baseline; exit 1 on a regression",
-                       description="Compare two kvperf result files (pytest-benchmark JSON). Exit codes: 0 no "
-                                   "regression, 1 at least one regression, 2 bad input.")
+                       description="Compare two kvperf result files (pytest-benchmark JSON). "
+                                   + _COMPARE_EXIT_CODES.format(extra=""))
     p.add_argument("baseline", help="the baseline JSON (e.g. baselines/<environment key>/quick.json)")
     p.add_argument("current", help="the JSON of the run to judge (pytest benchmarks --benchmark-json=FILE)")
     defaults = ", ".join(f"{m.name} {m.default_threshold_pct:g}" for m in METRICS)
@@ -165,49 +185,84 @@ def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--max-cpu-wait", type=float, default=MAX_CPU_WAIT, metavar="SHARE",
                    help=f"leave out rounds whose threads waited for a core longer than this share of the round "
                         f"(default {MAX_CPU_WAIT})")
+    _add_partial(p)
     p.set_defaults(handler=_cmd_compare)
 
 
 def _cmd_ab(args: argparse.Namespace) -> int:
-    from kvperf.ab import Side, default_cpus, parse_cpus, parse_env_items, run_ab
+    import time
+
+    from kvperf.ab import Side, default_cpus, parse_cpus, parse_env_items, prepare_out, run_ab
+    from kvperf.ab_retry import extend_noisy
     from kvperf.baseline import load_baseline
     from kvperf.compare import compare
     from kvperf.render import render_markdown
 
     thresholds = _thresholds(args)
+    if not 0 <= args.retry_budget_s <= 86_400:
+        raise UsageError(f"--retry-budget-s {args.retry_budget_s:g} must be in [0, 86400] seconds, e.g. 120 "
+                         "(0: no retries)")
     pytest_args = list(args.pytest_args)
     if pytest_args[:1] == ["--"]:
         pytest_args = pytest_args[1:]
+    pytest_args = pytest_args or ["benchmarks"]
     sides = [Side(name, python=getattr(args, f"{name}_python"), directory=getattr(args, f"{name}_dir"),
                   env=parse_env_items(getattr(args, f"{name}_env"), f"--{name}-env"))
              for name in ("baseline", "current")]
     for side in sides:
         side.check()
     cpus = default_cpus() if args.cpus is None else parse_cpus(args.cpus)
-    print(f"kvperf ab: running `pytest {' '.join(pytest_args or ['benchmarks'])}` for both sides, taking turns; "
-          f"logs in {args.out}/baseline.log and {args.out}/current.log", file=sys.stderr, flush=True)
-    run = run_ab(sides[0], sides[1], args.out, pytest_args or ["benchmarks"], overwrite=args.overwrite,
-                 cpus=cpus, fixed_malloc=args.malloc == "fixed")
+    out = prepare_out(args.out, overwrite=args.overwrite)
+    print(f"kvperf ab: running `pytest {' '.join(pytest_args)}` for both sides, taking turns; "
+          f"logs in {out}/baseline.log and {out}/current.log", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    run = run_ab(sides[0], sides[1], out, pytest_args, overwrite=args.overwrite, cpus=cpus,
+                 fixed_malloc=args.malloc == "fixed")
+    first_run_s = time.monotonic() - start
     if run.paired_turns == 0:
         print("kvperf ab: warning: the sides never took turns (does each side's kvperf have `kvperf ab`?): their "
               "timings were measured one run after the other, not side by side", file=sys.stderr)
-    # The two sides may differ in software on purpose (a torch upgrade): compare anyway, and say how.
-    comparison = compare(load_baseline(run.baseline_json), load_baseline(run.current_json), thresholds=thresholds,
-                         timings="gate", allow_env_mismatch=True, max_cpu_wait=args.max_cpu_wait)
-    (Path(args.out) / "comparison.md").write_text(render_markdown(comparison))
-    return _print_comparison(comparison, args)
+
+    def compare_files(baseline_json: Path, current_json: Path) -> Comparison:
+        # The two sides may differ in software on purpose (a torch upgrade): compare anyway, and say how.
+        return compare(load_baseline(baseline_json), load_baseline(current_json), thresholds=thresholds,
+                       timings="gate", allow_env_mismatch=True, max_cpu_wait=args.max_cpu_wait,
+                       allow_partial=args.allow_partial)
+
+    def run_cases(cases: Sequence[tuple[str, str]], extra: Sequence[str], retry_out: Path) -> AbRun:
+        return run_ab(sides[0], sides[1], retry_out, [*pytest_args, *extra], cpus=cpus,
+                      fixed_malloc=args.malloc == "fixed")
+
+    try:
+        comparison = compare_files(run.baseline_json, run.current_json)
+    except KvperfError as exc:
+        raise type(exc)(f"{exc} (the results of both sides are kept in {out})") from None
+    comparison, _ = extend_noisy(run, comparison, out_dir=out, run_cases=run_cases, compare_files=compare_files,
+                                 budget_s=args.retry_budget_s, first_run_s=first_run_s,
+                                 log=lambda line: print(line, file=sys.stderr, flush=True))
+    code = _print_comparison(comparison, args)
+    target = out / "comparison.md"
+    try:
+        target.write_text(render_markdown(comparison), encoding="utf-8")
+    except OSError as exc:
+        raise KvperfError(f"{target}: cannot write the comparison ({exc.strerror or type(exc).__name__}); the "
+                          f"results of both sides are in {out}") from None
+    return code
 
 
 def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
+    from kvperf.ab_retry import RETRY_BUDGET_S
     from kvperf.compare import MAX_CPU_WAIT
 
     p = sub.add_parser(
         "ab", help="benchmark a baseline and a current checkout side by side, taking turns, and compare them",
         description="Run the benchmarks of two sides (each a Python with kvperf installed and a checkout) as two "
                     "pytest sessions that take turns round by round, so both see the same machine, then compare "
-                    "them like `kvperf compare`. Writes baseline.json, current.json, their logs and "
-                    "comparison.md into --out. Exit codes: 0 no regression, 1 at least one regression, 2 bad "
-                    "input, 3 a side's session failed. Pytest arguments go after `--` (default: benchmarks).")
+                    "them like `kvperf compare`. Cases whose timings were too noisy to test are run again, both "
+                    "sides taking turns, within --retry-budget-s. Writes baseline.json, current.json, their logs, "
+                    "retries/ and comparison.md into --out, and never replaces an earlier run's files there "
+                    "without --overwrite. " + _COMPARE_EXIT_CODES.format(extra="3 a side's session failed, ")
+                    + " Pytest arguments go after `--` (default: benchmarks).")
     for name in ("baseline", "current"):
         p.add_argument(f"--{name}-python", default=sys.executable, metavar="PYTHON",
                        help=f"python of the {name} side's environment (default: this one)")
@@ -222,7 +277,13 @@ def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="fixed: both sides run glibc malloc with fixed thresholds, so allocation costs do not "
                         "depend on each process's history (default); default: leave the allocator alone")
     p.add_argument("--out", default="kvperf-ab", metavar="DIR", help="directory for the results (default kvperf-ab)")
-    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier A/B run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier A/B run in --out (its JSON, logs, retries and "
+                        "comparison.md)")
+    p.add_argument("--retry-budget-s", type=float, default=RETRY_BUDGET_S, metavar="SECONDS",
+                   help="time to spend running again the cases whose timings were too noisy to test, adding "
+                        f"their rounds (default {RETRY_BUDGET_S:g}; 0: no retries)")
+    _add_partial(p)
     p.add_argument("--threshold", action="append", default=[], metavar="METRIC=PCT",
                    help="regression threshold of one metric in percent (repeatable), as for compare")
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table", help="output format")
@@ -253,7 +314,10 @@ def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def build_parser() -> _Parser:
-    parser = _Parser(prog="kvperf", description=__doc__.splitlines()[0] if __doc__ else None)
+    doc = __doc__ or ""
+    parser = _Parser(prog="kvperf", description=doc.splitlines()[0] if doc else None,
+                     epilog=doc[doc.index("Exit codes:"):] if "Exit codes:" in doc else None,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
     _add_kv_size(sub)
@@ -269,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except KvperfError as exc:
-        sys.stderr.write(f"kvperf: error: {exc}\n")
+        sys.stderr.write(terminal_safe(f"kvperf: error: {exc}") + "\n")
         return exc.exit_code
 
 

@@ -22,6 +22,11 @@ metric; on CUDA, where the allocator's peak can move a little, peak memory gets 
    threshold *and* that is statistically significant. ``improved`` when it lies below
    ``1 / (1 + threshold)``. Otherwise ``unchanged``.
 
+**What was compared** is part of the result (``Comparison.case_counts``, ``timing_counts``), and a
+comparison that tested nothing never passes: files with no case in common, or with cases in one file
+only (unless ``allow_partial``), are bad input (``kvperf.case_coverage``); and when timings are gated
+and not one timing verdict could be tested, the outcome is ``untested`` (``EXIT_UNTESTED``).
+
 The interval covers the round-to-round noise inside a run. It cannot see drift between runs made
 at different times (another VM on the host, frequency, memory placement), which on a shared VM is
 larger than any useful threshold; ``kvperf.ab`` removes that drift by measuring both sides in one
@@ -34,12 +39,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from kvperf.baseline import Baseline
+from kvperf.baseline import Baseline, CaseKey
+from kvperf.case_coverage import check_coverage, coverage_notes
 from kvperf.env import mismatched_fields
 from kvperf.errors import BadInputError, UsageError
 from kvperf.stats import median, ratio_interval, stable_seed
 
 __all__ = [
+    "EXIT_PASS",
+    "EXIT_REGRESSION",
+    "EXIT_UNTESTED",
     "METRICS",
     "MIN_QUIET_ROUNDS",
     "Comparison",
@@ -53,6 +62,15 @@ __all__ = [
 
 TimingMode = Literal["gate", "auto", "skip"]
 VerdictName = Literal["improved", "unchanged", "regressed", "new", "missing"]
+Outcome = Literal["pass", "regression", "untested"]
+
+#: Exit codes of a comparison (``kvperf compare``, ``kvperf ab``); 2 is bad input (``kvperf.errors``).
+#: ``EXIT_UNTESTED`` is 8 because 3 to 7 already have meanings in kvperf (a failed A/B side, pytest's
+#: usage error, an out-of-memory ``kvperf run``, a pytest session with nothing to compare or save).
+EXIT_PASS = 0
+EXIT_REGRESSION = 1
+#: Timings were gated, and not one timing verdict could be tested: neither a pass nor a regression.
+EXIT_UNTESTED = 8
 
 #: Fewest quiet rounds a side needs for a timing verdict other than a ``noisy`` unchanged.
 MIN_QUIET_ROUNDS = 3
@@ -159,9 +177,12 @@ class Verdict:
     ci_low: float | None = None
     ci_high: float | None = None
     threshold_pct: float | None = None
-    #: Too few quiet rounds to judge: reported as ``unchanged``, but nothing was tested.
+    #: Not tested (a timing with too few quiet rounds, or without raw samples): reported as
+    #: ``unchanged``, but nothing was tested.
     noisy: bool = False
     note: str = ""
+    #: A timing not tested because a side has no raw samples (``noisy`` is set too).
+    no_samples: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,15 +194,46 @@ class Comparison:
     verdicts: tuple[Verdict, ...]
     timings_compared: bool
     notes: tuple[str, ...] = field(default=())
+    #: Timings were gated (``timings="gate"``): a comparison that could test none of them is not a pass.
+    timings_required: bool = False
+    #: Cases in both files.
+    compared_cases: int = 0
+    #: Cases only in the baseline, and only in the current run (allowed by ``allow_partial``).
+    missing_cases: tuple[CaseKey, ...] = ()
+    new_cases: tuple[CaseKey, ...] = ()
+    #: How option names are spelled in messages (``--`` for the CLI, ``--kvperf-`` for pytest).
+    flag_prefix: str = "--"
 
     @property
     def regressions(self) -> list[Verdict]:
         return [v for v in self.verdicts if v.verdict == "regressed"]
 
+    def timing_counts(self) -> dict[str, int]:
+        """Timing verdicts of the compared cases: ``total``, ``tested``, ``noisy`` (too few quiet rounds)
+        and ``no_samples``."""
+        timing = {m.name for m in METRICS if m.timing}
+        judged = [v for v in self.verdicts if v.metric in timing and v.verdict not in ("new", "missing")]
+        return {"total": len(judged), "tested": sum(not v.noisy for v in judged),
+                "noisy": sum(v.noisy and not v.no_samples for v in judged),
+                "no_samples": sum(v.no_samples for v in judged)}
+
+    @property
+    def outcome(self) -> Outcome:
+        """``regression`` with at least one regressed verdict; else ``untested`` when timings were gated
+        and none could be tested; else ``pass``."""
+        if self.regressions:
+            return "regression"
+        if self.timings_required and (not self.timings_compared or self.timing_counts()["tested"] == 0):
+            return "untested"
+        return "pass"
+
     @property
     def exit_code(self) -> int:
-        """0 without a regression, 1 with at least one."""
-        return 1 if self.regressions else 0
+        """``EXIT_PASS`` (0), ``EXIT_REGRESSION`` (1) or ``EXIT_UNTESTED`` (8), by ``outcome``."""
+        return {"pass": EXIT_PASS, "regression": EXIT_REGRESSION, "untested": EXIT_UNTESTED}[self.outcome]
+
+    def case_counts(self) -> dict[str, int]:
+        return {"compared": self.compared_cases, "missing": len(self.missing_cases), "new": len(self.new_cases)}
 
     def counts(self) -> dict[str, int]:
         names: tuple[VerdictName, ...] = ("regressed", "improved", "unchanged", "new", "missing")
@@ -192,7 +244,10 @@ class Comparison:
     def to_json(self) -> dict[str, Any]:
         return {"baseline": self.baseline_source, "current": self.current_source,
                 "timings_compared": self.timings_compared, "notes": list(self.notes),
-                "exit_code": self.exit_code, "counts": self.counts(),
+                "outcome": self.outcome, "exit_code": self.exit_code, "counts": self.counts(),
+                "cases": self.case_counts(), "timings": {"required": self.timings_required, **self.timing_counts()},
+                "missing_cases": [list(k) for k in self.missing_cases],
+                "new_cases": [list(k) for k in self.new_cases],
                 "verdicts": [asdict(v) for v in self.verdicts]}
 
 
@@ -248,7 +303,7 @@ def _timing_verdict(case: str, model: str, metric: Metric, b_info: dict[str, Any
     if base_all is None or cur_all is None:
         b, c = _number(b_info, metric.field), _number(c_info, metric.field)
         return replace(common, verdict="unchanged", baseline=b, current=c,
-                       change=c / b - 1 if b and c is not None else None, noisy=True,
+                       change=c / b - 1 if b and c is not None else None, noisy=True, no_samples=True,
                        note="no raw samples: not tested")
     if metric.cpu_time:
         base, cur = base_all, cur_all
@@ -307,6 +362,7 @@ def compare(
     allow_env_mismatch: bool = False,
     max_cpu_wait: float = MAX_CPU_WAIT,
     flag_prefix: str = "--",
+    allow_partial: bool = False,
 ) -> Comparison:
     """Verdicts for every case and metric of ``current`` against ``baseline``.
 
@@ -316,11 +372,14 @@ def compare(
     and peak memory only when the machines match (FLOPs and KV bytes always); ``skip`` never compares
     timings. ``flag_prefix`` spells option names in messages
     (``--`` for the CLI, ``--kvperf-`` for pytest). Raises ``BadInputError`` for environments that
-    differ in a field that matters, unless ``allow_env_mismatch``.
+    differ in a field that matters, unless ``allow_env_mismatch``; for files with no case in common;
+    and for cases in one file only, unless ``allow_partial``.
     """
     limits = {**default_thresholds(current.environment.device_type), **(thresholds or {})}
+    missing, new = check_coverage(baseline, current, allow_partial=allow_partial, flag_prefix=flag_prefix)
     timings_compared, same_machine, notes = _check_environments(baseline, current, timings, allow_env_mismatch,
                                                                 flag_prefix)
+    notes[:0] = coverage_notes(baseline, current, missing, new, flag_prefix)
     metrics = [m for m in METRICS if (timings_compared or not m.timing) and (same_machine or m.portable)
                and (not m.opt_in or m.name in (thresholds or {}))]
     verdicts: list[Verdict] = []
@@ -348,7 +407,10 @@ def compare(
         if result.foreign_benchmarks:
             notes.append(f"{result.foreign_benchmarks} non-kvperf benchmark(s) in the {side} file not compared")
     return Comparison(baseline_source=baseline.source, current_source=current.source,
-                      verdicts=tuple(verdicts), timings_compared=timings_compared, notes=tuple(notes))
+                      verdicts=tuple(verdicts), timings_compared=timings_compared, notes=tuple(notes),
+                      timings_required=timings == "gate",
+                      compared_cases=len(baseline.cases.keys() & current.cases.keys()),
+                      missing_cases=missing, new_cases=new, flag_prefix=flag_prefix)
 
 
 def _others(result: Baseline) -> float | None:

@@ -1,11 +1,18 @@
 """Rendering a ``Comparison``: a plain-text table for the terminal and Markdown for a CI job summary
-or a pull-request comment (JSON is ``Comparison.to_json``)."""
+or a pull-request comment (JSON is ``Comparison.to_json``).
+
+Both end with the verdict and what it rests on: how many cases were compared (and how many are
+missing or new) and how many timing verdicts were tested, so that a pass that tested little reads
+as such ("timings: 12 of 96 tested, 84 too noisy"). Names from the files are escaped
+(``kvperf.text``): a case name cannot write to the terminal or break out of its Markdown code span.
+"""
 
 from __future__ import annotations
 
 from kvperf.compare import METRICS, Comparison, Verdict
+from kvperf.text import md_code, md_text, terminal_safe
 
-__all__ = ["render_markdown", "render_table"]
+__all__ = ["render_markdown", "render_table", "scope", "verdict_line"]
 
 _METRIC_LABEL = {m.name: m.label for m in METRICS}
 _METRIC_UNIT = {m.name: m.unit for m in METRICS}
@@ -69,34 +76,58 @@ _HEADER = ["case", "metric", "verdict", "baseline", "current", "change", "95% CI
 
 def _summary(comparison: Comparison) -> str:
     counts = comparison.counts()
-    parts = [f"{counts[name]} {name}" for name in ("regressed", "improved", "unchanged", "new", "missing")]
-    noisy = f" ({counts['noisy']} timing verdict(s) too noisy to test)" if counts["noisy"] else ""
-    return ", ".join(parts) + noisy
+    return ", ".join(f"{counts[name]} {name}" for name in ("regressed", "improved", "unchanged", "new", "missing"))
+
+
+def scope(comparison: Comparison) -> str:
+    """What the verdict rests on, e.g. ``96 cases compared, 3 missing; timings: 12 of 384 tested, 372
+    too noisy``."""
+    cases = comparison.case_counts()
+    parts = [f"{cases['compared']} case{'s' if cases['compared'] != 1 else ''} compared"]
+    parts += [f"{cases[k]} {k}" for k in ("missing", "new") if cases[k]]
+    if not comparison.timings_compared:
+        timings = "timings: not compared"
+    else:
+        t = comparison.timing_counts()
+        timings = f"timings: {t['tested']} of {t['total']} tested"
+        timings += f", {t['noisy']} too noisy" if t["noisy"] else ""
+        timings += f", {t['no_samples']} without raw samples" if t["no_samples"] else ""
+    return f"{', '.join(parts)}; {timings}"
+
+
+def verdict_line(comparison: Comparison) -> str:
+    """The last line of the table: the outcome, and what it rests on."""
+    outcome = comparison.outcome
+    if outcome == "regression":
+        return f"verdict: REGRESSION ({scope(comparison)})"
+    if outcome == "untested":
+        return (f"verdict: NOT TESTED: timings were gated and none could be tested ({scope(comparison)}); rerun "
+                f"on a quieter machine, or pass {comparison.flag_prefix}timings skip to gate only the "
+                "deterministic metrics")
+    return f"verdict: no regression ({scope(comparison)})"
 
 
 def render_table(comparison: Comparison, *, everything: bool = False) -> str:
     """A plain-text table for a terminal: every verdict that isn't ``unchanged`` (all with
     ``everything``), then the counts and the notes."""
     rows = _rows(comparison, everything)
-    lines = [f"kvperf compare: {comparison.baseline_source} -> {comparison.current_source}"]
+    lines = [terminal_safe(f"kvperf compare: {comparison.baseline_source} -> {comparison.current_source}")]
+    rows = [[terminal_safe(cell) for cell in row] for row in rows]
     if rows:
         widths = [max(len(row[i]) for row in [_HEADER, *rows]) for i in range(len(_HEADER))]
         for row in [_HEADER, ["-" * w for w in widths], *rows]:
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     lines.append(_summary(comparison))
-    lines.extend(f"note: {note}" for note in comparison.notes)
-    lines.append("verdict: REGRESSION" if comparison.regressions else "verdict: no regression")
+    lines.extend(terminal_safe(f"note: {note}") for note in comparison.notes)
+    lines.append(verdict_line(comparison))
     return "\n".join(lines)
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
 
 
 def _md_table(rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
     for row in rows:
-        cells = [f"`{_md_escape(row[0])}`", *(_md_escape(c) for c in row[1:])]
+        # A pipe ends a table cell even inside a code span, unless escaped (GitHub Flavored Markdown).
+        cells = [md_code(row[0]).replace("|", "\\|"), *(md_text(c) for c in row[1:])]
         cells[2] = _MARK.get(row[2], row[2])
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -105,11 +136,14 @@ def _md_table(rows: list[list[str]]) -> list[str]:
 def render_markdown(comparison: Comparison) -> str:
     """Markdown for a CI job summary or a pull-request comment: the verdict, the changed metrics, and
     every verdict in a collapsed section."""
-    title = "❌ Performance regression" if comparison.regressions else "✅ No performance regression"
+    title = {"regression": "❌ Performance regression", "untested": "⚠️ Timings not tested: not a pass",
+             "pass": "✅ No performance regression"}[comparison.outcome]
     lines = [f"### kvperf: {title}", "",
-             f"Baseline `{comparison.baseline_source}`, current `{comparison.current_source}`.", "",
-             f"**{_summary(comparison)}**", ""]
-    lines.extend(f"> {note}" for note in comparison.notes)
+             f"Baseline {md_code(comparison.baseline_source)}, current {md_code(comparison.current_source)}.", "",
+             f"**{md_text(scope(comparison))}.** {_summary(comparison)}.", ""]
+    if comparison.outcome == "untested":
+        lines += [md_text(verdict_line(comparison).removeprefix("verdict: ")), ""]
+    lines.extend(f"> {md_text(note)}" for note in comparison.notes)
     if comparison.notes:
         lines.append("")
     changed = _rows(comparison, everything=False)

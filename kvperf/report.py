@@ -7,7 +7,6 @@ with kvperf's fields in each benchmark's ``extra_info``. Plots need matplotlib
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kvperf.errors import BadInputError, UsageError
+from kvperf.result_file import REPORT_FIELDS, check_case, check_schema, read_json
 from kvperf.scaling import fit_power_law
 
 __all__ = ["Table", "format_table", "load_cases", "make_plots", "make_tables"]
@@ -48,22 +48,28 @@ def format_table(table: Table, fmt: str = "text") -> str:
 
 
 def load_cases(paths: Iterable[str | Path]) -> list[Row]:
-    """The ``extra_info`` of every kvperf benchmark in the given pytest-benchmark JSON files."""
+    """The ``extra_info`` of every kvperf benchmark in the given pytest-benchmark JSON files, each
+    checked (``kvperf.result_file``): the schema version this kvperf reads, and every field a table or
+    a plot reads, with its type. ``BadInputError`` naming the file, the case and the fix otherwise."""
     cases: list[Row] = []
     for path in paths:
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise BadInputError(f"results file {str(path)!r} does not exist: pass a --benchmark-json file") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadInputError(f"results file {str(path)!r} is not readable JSON ({exc}): "
-                                "pass a file written by --benchmark-json") from None
+        source = str(path)
+        data = read_json(path)
         benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
         if not isinstance(benchmarks, list):
-            raise BadInputError(f"results file {str(path)!r} has no 'benchmarks' list: "
-                                "pass a file written by --benchmark-json")
-        cases += [b["extra_info"] for b in benchmarks
-                  if isinstance(b, dict) and "kvperf_schema" in b.get("extra_info", {})]
+            raise BadInputError(f"{source}: has no 'benchmarks' list: pass a file written by --benchmark-json")
+        block = data.get("kvperf")
+        if not isinstance(block, dict) or "schema" not in block:
+            raise BadInputError(f"{source}: not a kvperf result file (no 'kvperf' schema block): pass a file "
+                                "written by `pytest benchmarks --benchmark-json=FILE` with kvperf installed")
+        check_schema(block["schema"], "'kvperf.schema'", source)
+        for index, bench in enumerate(benchmarks):
+            info = bench.get("extra_info") if isinstance(bench, dict) else None
+            if not isinstance(info, dict) or "kvperf_schema" not in info:
+                continue
+            check_schema(info["kvperf_schema"], f"benchmarks[{index}].extra_info.kvperf_schema", source)
+            check_case(info, f"benchmarks[{index}]", source, required=REPORT_FIELDS)
+            cases.append(info)
     if not cases:
         raise BadInputError("no kvperf cases in the given files: run `pytest benchmarks --benchmark-json=FILE`")
     return cases
@@ -91,6 +97,8 @@ def _by_experiment(cases: Iterable[Row]) -> dict[str, list[Row]]:
 def _fit_note(label: str, xs: Sequence[float], ys: Sequence[float]) -> str:
     if len(set(xs)) < 2:
         return f"{label}: too few points for a fit"
+    if min(ys) <= 0:
+        return f"{label}: no fit (a value is zero or not measured)"
     return f"{label}: {fit_power_law(xs, ys).describe()}"
 
 
@@ -201,7 +209,11 @@ def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
     except ImportError:
         raise UsageError("plots need matplotlib: pip install 'kvperf[plot]'") from None
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--plots {out}: cannot create the directory ({exc.strerror or type(exc).__name__}): "
+                         "give a directory kvperf can write to") from None
     groups = _by_experiment(cases)
     written: list[Path] = []
 
@@ -211,8 +223,13 @@ def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
             ax.legend(fontsize=7)
         path = out / name
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        try:
+            fig.savefig(path, dpi=110)
+        except OSError as exc:
+            raise UsageError(f"--plots {out}: cannot write {path.name} ({exc.strerror or type(exc).__name__}): "
+                             "give a directory kvperf can write to") from None
+        finally:
+            plt.close(fig)
         written.append(path)
 
     def memory_panel(ax: Any, xs: list[int], mine: list[Row], dtype: str) -> None:

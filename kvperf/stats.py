@@ -7,9 +7,15 @@ independently, take the ratio of the resampled medians, repeat, and read the int
 quantiles. The median ignores one wild round; the bootstrap makes no assumption about the shape of
 the noise, which on a CPU is skewed (noise only ever adds time).
 
-The resampling uses a ``random.Random`` seeded by the caller, so the same two files always give the
-same interval and the same verdicts. With five rounds a side it takes about 10 ms per metric in pure
-Python, so no numerical library is needed.
+A resample is never built. The median of ``n`` values drawn with replacement from the sorted
+samples ``x[0] <= ... <= x[n-1]`` is ``x[floor(n * U)]``, where ``U`` is the middle one of ``n``
+uniform draws (each draw picks ``x[floor(n * u)]``, and that map keeps the order). That order
+statistic follows ``Beta(k, n + 1 - k)``, so one beta draw per side replaces ``n`` draws and a sort,
+with exactly the same distribution (for an even ``n``, a second draw gives the next order
+statistic). An interval costs the same for 5 samples or 100,000: about 10 ms per metric in pure
+Python, so no numerical library is needed, and a result file with a huge sample count cannot make a
+comparison slow. The draws come from a ``random.Random`` seeded by the caller, so the same two files
+always give the same interval and the same verdicts.
 """
 
 from __future__ import annotations
@@ -58,23 +64,39 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+def _resampled_median(ordered: Sequence[float], rng: random.Random) -> float:
+    """The median of a resample with replacement of the sorted ``ordered`` (same size), drawn through
+    the order statistics of uniform draws (see the module docstring): O(1) whatever the size."""
+    n = len(ordered)
+    if n == 1:
+        return ordered[0]
+    k = (n + 1) // 2  # the middle rank (odd n), or the lower of the two middle ranks (even n)
+    u = rng.betavariate(k, n + 1 - k)  # the k-th smallest of n uniform draws
+    low = ordered[min(int(u * n), n - 1)]
+    if n % 2:
+        return low
+    # Given the k-th smallest, the other n - k draws are uniform above it: the next one is their minimum.
+    u_next = u + (1 - u) * rng.betavariate(1, n - k)
+    return (low + ordered[min(int(u_next * n), n - 1)]) / 2.0
+
+
 def ratio_interval(baseline: Sequence[float], current: Sequence[float], *, seed: int,
                    confidence: float = 0.95, resamples: int = RESAMPLES) -> RatioInterval:
     """Ratio of medians ``median(current) / median(baseline)`` with a percentile-bootstrap interval.
 
-    Both sides need at least one positive sample; a single sample gives a zero-width interval.
+    Both sides need at least one positive, finite sample; a single sample gives a zero-width interval.
+    The cost grows with ``resamples``, and with the sample counts only through one sort.
     """
     if not baseline or not current:
         raise ValueError("ratio_interval needs samples on both sides")
-    if min(baseline) <= 0 or min(current) <= 0:
-        raise ValueError("ratio_interval needs positive samples (times, rates)")
+    if not all(0 < v < math.inf for side in (baseline, current) for v in side):
+        raise ValueError("ratio_interval needs positive, finite samples (times, rates)")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    estimate = median(current) / median(baseline)
+    base, cur = sorted(baseline), sorted(current)
+    estimate = median(cur) / median(base)
     rng = random.Random(seed)
-    n_base, n_cur = len(baseline), len(current)
-    ratios = sorted(median(rng.choices(current, k=n_cur)) / median(rng.choices(baseline, k=n_base))
-                    for _ in range(resamples))
+    ratios = sorted(_resampled_median(cur, rng) / _resampled_median(base, rng) for _ in range(resamples))
     tail = (1 - confidence) / 2
     return RatioInterval(estimate=estimate, low=_quantile(ratios, tail), high=_quantile(ratios, 1 - tail),
                          confidence=confidence)

@@ -112,7 +112,8 @@ def checkout(tmp_path: Path) -> Path:
 
 def _ab_args(checkout: Path, *extra: str) -> list[str]:
     return ["ab", "--baseline-dir", str(checkout), "--current-dir", str(checkout), "--out", str(checkout / "ab"),
-            "--cpus", "all", *extra, "--", "test_tiny_bench.py", "-q", "--kvperf-rounds", "3", "--kvperf-warmup", "0"]
+            "--cpus", "all", "--retry-budget-s", "0", *extra, "--", "test_tiny_bench.py", "-q", "--kvperf-rounds", "3",
+            "--kvperf-warmup", "0"]
 
 
 def test_the_plugin_passes_the_turn_before_every_round(checkout):
@@ -137,7 +138,8 @@ def test_ab_catches_a_cache_disabled_on_the_current_side(checkout, capsys):
     assert (checkout / "ab" / "comparison.md").read_text().startswith("#")
     # The results of a finished A/B run are not replaced unless asked.
     assert main(_ab_args(checkout)) == 2
-    assert "results of an earlier A/B run: pass --overwrite" in capsys.readouterr().err
+    assert "holds the results of an earlier A/B run (baseline.json, current.json, baseline.log, current.log, " \
+           "comparison.md): pass --overwrite" in capsys.readouterr().err
 
 
 def test_ab_reports_a_failing_side_with_exit_3(checkout, capsys):
@@ -153,3 +155,4 @@ def test_ab_bad_python_is_exit_2(checkout, capsys):
     assert capsys.readouterr().err == (f"kvperf: error: --current-python {checkout / 'nope'}: not an executable file: "
                                        "give the python of a virtual environment with kvperf installed, e.g. "
                                        ".venv/bin/python\n")
+

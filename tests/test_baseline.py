@@ -86,7 +86,8 @@ def test_compare_exit_codes_and_formats(tmp_path: Path, good: Path, capsys):
     same = write(tmp_path / "same.json", result_json({CASE: info(BASE)}))
     slow = write(tmp_path / "slow.json", result_json({CASE: info([t * 1.3 for t in BASE])}))
     assert main(["compare", str(good), str(same)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "verdict: no regression"
+    assert capsys.readouterr().out.splitlines()[-1] == ("verdict: no regression (1 case compared; timings: 4 of 4 "
+                                                        "tested)")
     assert main(["compare", str(good), str(slow)]) == 1
     assert "verdict: REGRESSION" in capsys.readouterr().out
     assert main(["compare", str(good), str(slow), "--threshold", "e2e=50", "--threshold", "tpot=50",

@@ -103,14 +103,97 @@ def test_verdicts_are_deterministic():
     assert ratio_interval(BASE, slow, seed=1) == ratio_interval(BASE, slow, seed=1)
 
 
-def test_new_and_missing_cases():
-    other = "test_matrix[cache=off-bs=1-prompt=8-new=4-fp32]"
-    comparison = compare(run({CASE: info(BASE)}), run({other: info(BASE)}))
-    by_case = {(v.case, v.verdict) for v in comparison.verdicts}
-    assert by_case == {(CASE, "missing"), (other, "new")}
-    assert comparison.exit_code == 0
-    table = render_table(comparison)
+OTHER = "test_matrix[cache=off-bs=1-prompt=8-new=4-fp32]"
+
+
+def test_files_with_no_case_in_common_are_bad_input_even_when_partial_is_allowed():
+    for allow_partial in (False, True):
+        with pytest.raises(BadInputError) as excinfo:
+            compare(run({CASE: info(BASE)}, source="a.json"), run({OTHER: info(BASE)}, source="b.json"),
+                    allow_partial=allow_partial)
+        assert str(excinfo.value) == (
+            f"a.json and b.json have no case in common (1 in the baseline, e.g. {CASE}; 1 in the current run, e.g. "
+            f"{OTHER}): nothing can be compared; compare runs of the same benchmarks (same tier, -k selection and "
+            "model)")
+
+
+def test_missing_and_new_cases_are_refused_unless_a_partial_comparison_is_asked_for():
+    third = "test_matrix[cache=static-bs=1-prompt=8-new=4-fp32]"
+    base, cur = run({CASE: info(BASE), OTHER: info(BASE)}, source="a.json"), run({CASE: info(BASE), third: info(BASE)},
+                                                                                 source="b.json")
+    with pytest.raises(BadInputError) as excinfo:
+        compare(base, cur)
+    assert str(excinfo.value) == (
+        f"b.json against a.json: 1 case(s) of the baseline are missing from the current run ({OTHER}); 1 case(s) of "
+        f"the current run are not in the baseline ({third}): a renamed test, another -k selection or another model; "
+        "run the same cases, or pass --allow-partial to compare only the 1 case(s) in common")
+    with pytest.raises(BadInputError, match="or pass --kvperf-allow-partial to compare only"):
+        compare(base, cur, flag_prefix="--kvperf-")
+    partial = compare(base, cur, allow_partial=True)
+    by_case = {(v.case, v.verdict) for v in partial.verdicts if v.verdict in ("new", "missing")}
+    assert by_case == {(OTHER, "missing"), (third, "new")}
+    assert partial.exit_code == 0 and partial.case_counts() == {"compared": 1, "missing": 1, "new": 1}
+    assert partial.notes[0] == (f"MISSING: 1 case(s) of the baseline are not in the current run and were not "
+                                f"compared (--allow-partial): {OTHER}")
+    table = render_table(partial)
     assert "case only in the baseline" in table and "case only in the current run" in table
+    assert table.splitlines()[-1] == ("verdict: no regression (1 case compared, 1 missing, 1 new; timings: 4 of 4 "
+                                      "tested)")
+
+
+def test_gated_timings_that_were_all_too_noisy_to_test_are_not_a_pass():
+    busy = dict(wait=[0.5] * 5)  # every round waited for a core half of the time
+    cases = {CASE: info(BASE, **busy), OTHER: info(BASE, **busy)}
+    gated = compare(run(cases), run(cases))
+    assert gated.timing_counts() == {"total": 8, "tested": 0, "noisy": 8, "no_samples": 0}
+    assert gated.outcome == "untested" and gated.exit_code == 8
+    assert render_table(gated).splitlines()[-1] == (
+        "verdict: NOT TESTED: timings were gated and none could be tested (2 cases compared; timings: 0 of 8 "
+        "tested, 8 too noisy); rerun on a quieter machine, or pass --timings skip to gate only the deterministic "
+        "metrics")
+    assert render_markdown(gated).startswith("### kvperf: ⚠️ Timings not tested: not a pass\n")
+    assert gated.to_json()["outcome"] == "untested" and gated.to_json()["exit_code"] == 8
+    # A regression stays a regression (exit 1) however noisy the timings.
+    flops = compare(run(cases), run({CASE: info(BASE, flops=2e6, **busy), OTHER: info(BASE, **busy)}))
+    assert flops.exit_code == 1
+    # Timings compared only where possible (auto) or not at all (skip): the deterministic metrics decide.
+    auto = compare(run(cases), run(cases), timings="auto")
+    assert auto.exit_code == 0
+    assert render_table(auto).splitlines()[-1] == ("verdict: no regression (2 cases compared; timings: 0 of 8 "
+                                                   "tested, 8 too noisy)")
+    skip = compare(run(cases), run(cases), timings="skip")
+    assert skip.exit_code == 0
+    assert render_table(skip).splitlines()[-1] == "verdict: no regression (2 cases compared; timings: not compared)"
+
+
+def test_one_tested_timing_is_enough_and_the_verdict_line_says_how_many():
+    cases = {CASE: info(BASE), OTHER: info(BASE, wait=[0.5] * 5)}
+    comparison = compare(run(cases), run(cases))
+    assert comparison.exit_code == 0
+    assert render_table(comparison).splitlines()[-1] == ("verdict: no regression (2 cases compared; timings: 4 of 8 "
+                                                         "tested, 4 too noisy)")
+    old = result_json({CASE: info(BASE)})  # written by a kvperf that kept no raw samples
+    old["benchmarks"][0]["extra_info"] = {k: v for k, v in info(BASE).items() if not k.endswith("_samples")}
+    no_samples = compare(baseline_from_json(old, "old.json"), baseline_from_json(old, "old.json"))
+    assert no_samples.exit_code == 8
+    assert "timings: 0 of 4 tested, 4 without raw samples" in render_table(no_samples)
+
+
+def test_a_file_saved_from_a_subset_of_its_tier_is_labelled():
+    data = result_json({CASE: info(BASE)})
+    data.update(kvperf_subset=True, kvperf_selection={"narrowed_by": ["1 test(s) deselected by -k 'on'",
+                                                                      "--kvperf-model 'distilgpt2'"]})
+    comparison = compare(baseline_from_json(data, "quick.json"), run({CASE: info(BASE)}))
+    assert comparison.notes == ("the baseline file was saved from a subset of its tier (1 test(s) deselected by -k "
+                                "'on'; --kvperf-model 'distilgpt2'): cases outside it are not compared",)
+    assert "note: the baseline file was saved from a subset of its tier" in render_table(comparison)
+    data["kvperf_selection"] = None  # a subset that does not say how
+    assert compare(run({CASE: info(BASE)}), baseline_from_json(data, "cur.json")).notes == (
+        "the current file was saved from a subset of its tier (its options are not recorded): cases outside it are "
+        "not compared",)
+    data["kvperf_subset"] = "yes"
+    with pytest.raises(BadInputError, match=r"^quick\.json: 'kvperf_subset' is 'yes', not true or false: "):
+        baseline_from_json(data, "quick.json")
 
 
 def test_busy_rounds_are_left_out_and_too_few_quiet_rounds_are_flagged_noisy():
@@ -230,4 +313,4 @@ def test_markdown_and_json_output():
     assert e2e["verdict"] == "regressed" and e2e["baseline"] == pytest.approx(0.0100)
     clean = compare(run({CASE: info(BASE)}), run({CASE: info(BASE)}))
     assert render_markdown(clean).startswith("### kvperf: ✅ No performance regression\n")
-    assert render_table(clean).splitlines()[-1] == "verdict: no regression"
+    assert render_table(clean).splitlines()[-1] == "verdict: no regression (1 case compared; timings: 4 of 4 tested)"

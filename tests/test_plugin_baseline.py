@@ -52,14 +52,14 @@ def test_save_compare_and_refuse_to_overwrite(pytester: pytest.Pytester, monkeyp
     result = pytester.runpytest(*TINY, "--kvperf-compare", "--kvperf-timings=skip")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*kvperf baseline*", "0 regressed, 0 improved, 6 unchanged, 0 new, 0 missing",
-                                 "verdict: no regression"])
+                                 "verdict: no regression (2 cases compared; timings: not compared)"])
 
     # A cache silently disabled under its cache=on label fails the session, through the FLOP count.
     monkeypatch.setenv("KVPERF_TEST_FORCE_CACHE_OFF", "1")
     result = pytester.runpytest(*TINY, "--kvperf-compare", "--kvperf-timings=skip")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["test_case?on?  FLOPs/token  regressed*",
-                                 "verdict: REGRESSION"])
+                                 "verdict: REGRESSION (2 cases compared; timings: not compared)"])
 
 
 def test_pytest_benchmark_compare_reads_a_saved_baseline(pytester: pytest.Pytester):

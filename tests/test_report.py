@@ -29,7 +29,8 @@ def results(tmp_path):
     cases += [_case("first_token", "on", 32, 0.1)]
     cases += [_case("matrix", c, 32, 0.1 if c == "on" else 0.3) for c in ("on", "off")]
     path = tmp_path / "results.json"
-    path.write_text(json.dumps({"benchmarks": [{"name": "x", "extra_info": c} for c in cases]}))
+    benchmarks = [{"name": "x", "extra_info": c} for c in cases]
+    path.write_text(json.dumps({"benchmarks": benchmarks, "kvperf": {"schema": 1}}))
     return path
 
 
@@ -71,18 +72,20 @@ def test_cli_report(results, capsys):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, "does not exist"),
-        ("{trunc", "is not readable JSON"),
-        ('{"machine_info": {}}', "has no 'benchmarks' list"),
-        ('{"benchmarks": [{"name": "t", "extra_info": {}}]}', "no kvperf cases in the given files"),
+        (None, "r.json: no such file: check the path"),
+        ("{trunc", "r.json: not valid JSON (line 1, column 2)"),
+        ('{"machine_info": {}}', "r.json: has no 'benchmarks' list"),
+        ('{"benchmarks": [{"name": "t", "extra_info": {}}], "kvperf": {"schema": 1}}',
+         "no kvperf cases in the given files"),
     ],
 )
 def test_bad_results_files(tmp_path, capsys, content, message):
     path = tmp_path / "r.json"
     if content is not None:
         path.write_text(content)
-    with pytest.raises(BadInputError, match=message):
+    with pytest.raises(BadInputError) as excinfo:
         load_cases([path])
+    assert message in str(excinfo.value)
     assert main(["report", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
