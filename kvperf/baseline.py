@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -199,10 +200,19 @@ def load_baseline(path: str | Path) -> Baseline:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        hint = "truncated" if exc.pos >= len(text.rstrip()) - 1 else "not valid JSON"
+        hint = "truncated" if _truncated(text, exc) else "not valid JSON"
         raise BadInputError(f"{source}: {hint} (line {exc.lineno}, column {exc.colno}): regenerate the file, "
                             "an interrupted write or a bad merge can leave it like this") from None
     return baseline_from_json(data, source)
+
+
+def _truncated(text: str, exc: json.JSONDecodeError) -> bool:
+    """Whether the text stops inside JSON rather than going wrong: the error is at its end, or in its
+    last token, cut short (a string never closed, a number or ``true``/``false``/``null`` begun)."""
+    rest = text[exc.pos:].rstrip()
+    return (exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated string")
+            or any(word.startswith(rest) for word in ("true", "false", "null"))
+            or re.fullmatch(r"-?[0-9.eE+-]+", rest) is not None)
 
 
 def write_baseline(data: dict[str, Any], path: str | Path, *, overwrite: bool = False) -> Path:

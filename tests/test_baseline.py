@@ -54,7 +54,13 @@ def bad_inputs(tmp_path: Path) -> list[tuple[Path, str]]:
                                              "--benchmark-json=FILE`"),
         (write(tmp_path / "cut.json", full[: len(full) // 2]),
          "cut.json: truncated (line "),
+        # Cut inside a string or a literal: the decoder points at its start, not at the end of the text.
+        (write(tmp_path / "cut-string.json", '{"benchmarks": [{"name": "test_matrix[cache=o'),
+         "cut-string.json: truncated (line 1, column 26)"),
+        (write(tmp_path / "cut-literal.json", '{"benchmarks": [], "kvperf_subset": fa'),
+         "cut-literal.json: truncated (line 1, column 37)"),
         (write(tmp_path / "text.json", "hello, world"), "text.json: not valid JSON (line 1, column 1)"),
+        (write(tmp_path / "word.json", '{"a": hello}'), "word.json: not valid JSON (line 1, column 7)"),
         (write(tmp_path / "list.json", [1, 2]), "list.json: not a pytest-benchmark JSON file (no 'benchmarks' "
                                                 "list): pass a file written by `pytest benchmarks "
                                                 "--benchmark-json=FILE`"),
