@@ -5,12 +5,18 @@ A baseline is exactly the JSON that pytest-benchmark writes (``--benchmark-json`
 
 * ``machine_info["kvperf"]``: the environment fingerprint (``kvperf.env.Environment``) with its key;
 * ``"kvperf": {"schema": N}`` at the top level, the version of kvperf's layout, and in every kvperf
-  benchmark ``extra_info["kvperf_schema"]`` (see ``kvperf.bench``).
+  benchmark ``extra_info["kvperf_schema"]`` (see ``kvperf.bench``);
+* at the top level too: ``kvperf_subset`` and ``kvperf_selection``, whether and how the run's options
+  narrowed its tier (``kvperf.selection``), and ``kvperf_skipped_cases``, the cases the run selected
+  but skipped (out of memory, no GPU), each with its ``name``, ``model`` and ``reason``.
 
 Baselines live under ``baselines/<environment key>/<tier>.json``, so that a run finds the baseline
 of its own environment. Writing is atomic: the JSON goes to a temporary file in the same directory,
 which is then linked (when refusing to replace) or renamed over the target, so a reader never sees
-half a file and an interrupted write leaves the old baseline intact.
+half a file and an interrupted write leaves the old baseline intact. A write that fails (a full
+disk, a read-only file system, a failed ``fsync`` or rename) raises ``OSError`` and leaves nothing
+behind: no target, no temporary file. ``check_writable`` finds most such problems before a run, and
+``write_fallback`` keeps the results of a run whose baseline could not be written anyway.
 
 Every problem with an input file raises ``BadInputError`` with a one-line message that names the
 file and the fix.
@@ -19,7 +25,10 @@ file and the fix.
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
+import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +41,14 @@ __all__ = [
     "BASELINE_DIR",
     "Baseline",
     "CaseKey",
+    "SkippedCase",
     "baseline_from_json",
     "baseline_path",
+    "check_writable",
     "dumps",
     "load_baseline",
     "write_baseline",
+    "write_fallback",
 ]
 
 #: Default directory of baselines, relative to the project root.
@@ -45,6 +57,18 @@ BASELINE_DIR = "baselines"
 #: A case is matched across files by its benchmark name (which holds every parameter of the case,
 #: dtype included) and its model.
 CaseKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class SkippedCase:
+    """A case the run selected but did not measure, and why (``kvperf_skipped_cases``)."""
+
+    name: str
+    model: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "model": self.model, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,8 @@ class Baseline:
     subset: bool | None = None
     #: ``kvperf_selection``: the run's case-selecting options (``kvperf.selection.Selection.to_json``).
     selection: dict[str, Any] | None = None
+    #: ``kvperf_skipped_cases``: cases the run selected but skipped, e.g. out of memory.
+    skipped_cases: tuple[SkippedCase, ...] = ()
 
 
 def baseline_path(directory: str | Path, environment_key: str, tier: str) -> Path:
@@ -123,12 +149,25 @@ def baseline_from_json(data: Any, source: str) -> Baseline:
     if selection is not None and not isinstance(selection, dict):
         raise BadInputError(f"{source}: 'kvperf_selection' is not an object: the file is damaged, regenerate it")
     return Baseline(source=source, schema=schema, environment=environment, cases=cases,
-                    foreign_benchmarks=foreign, subset=subset, selection=selection)
+                    foreign_benchmarks=foreign, subset=subset, selection=selection,
+                    skipped_cases=_skipped_cases(data.get("kvperf_skipped_cases"), source))
+
+
+def _skipped_cases(raw: Any, source: str) -> tuple[SkippedCase, ...]:
+    if raw is None:
+        return ()
+    fields = ("name", "model", "reason")
+    if not isinstance(raw, list) or not all(
+            isinstance(item, dict) and all(isinstance(item.get(f), str) for f in fields) for item in raw):
+        raise BadInputError(f"{source}: 'kvperf_skipped_cases' is not a list of {{name, model, reason}} texts: "
+                            "the file is damaged, regenerate it")
+    return tuple(SkippedCase(item["name"], item["model"], item["reason"]) for item in raw)
 
 
 def load_baseline(path: str | Path) -> Baseline:
     """Read and check a kvperf result file; ``BadInputError`` (one line) on any problem."""
     return baseline_from_json(read_json(path), str(path))
+
 
 
 def write_baseline(data: dict[str, Any], path: str | Path, *, overwrite: bool = False) -> Path:
@@ -142,11 +181,13 @@ def write_baseline(data: dict[str, Any], path: str | Path, *, overwrite: bool = 
     if target.exists() and not overwrite:
         raise _exists(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary file is `.<name>.<random>.tmp` beside the target (.gitignore covers it): a write
+    # killed before the rename leaves only that, never a partial baseline.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; a baseline is meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private; a baseline is meant to be shared
             f.write(dumps(data))
             f.write("\n")
             f.flush()
@@ -163,8 +204,49 @@ def write_baseline(data: dict[str, Any], path: str | Path, *, overwrite: bool = 
                     raise _exists(target) from None
                 os.replace(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # the error that got us here says more than a failed clean-up would
+            tmp.unlink(missing_ok=True)
     return target
+
+
+def check_writable(directory: str | Path, option: str = "--kvperf-save-baseline=DIR") -> None:
+    """Refuse, with one line, a directory that a baseline cannot be written into: its nearest existing
+    ancestor must be a directory in which a file can be created (checked by creating and removing
+    one, which also catches a read-only file system). Nothing is left behind."""
+    wanted = Path(directory)
+    existing = wanted
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInputError(f"{existing}: is not a directory, so no baseline can be saved under {wanted}: "
+                            f"pass {option} with a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kvperf-write-check.", suffix=".tmp", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BadInputError(f"{wanted}: cannot save a baseline there ({_reason(exc)}): pass {option} with a "
+                            "writable DIR") from None
+
+
+def write_fallback(data: dict[str, Any], stem: str) -> tuple[Path | None, list[str]]:
+    """Keep results that could not be written where they were asked to go: ``kvperf-unsaved-<stem>-
+    <time>-<random>.json`` in the system's temporary directory, else in the current directory. Returns
+    the path written (None when both failed) and why each failed attempt failed."""
+    name = f"kvperf-unsaved-{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}.json"
+    failures: list[str] = []
+    for directory in (Path(tempfile.gettempdir()), Path.cwd()):
+        try:
+            return write_baseline(data, directory / name), failures
+        except OSError as exc:
+            failures.append(f"{directory}: {_reason(exc)}")
+        except BadInputError as exc:
+            failures.append(str(exc))
+    return None, failures
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 def _exists(target: Path) -> BadInputError:

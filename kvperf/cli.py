@@ -6,6 +6,7 @@ Exit codes:
   2  bad input: a one-line message on stderr, never a traceback (a bad option, an unreadable or
      damaged file, files with no case in common, cases in one file only without --allow-partial)
   3  a side of `kvperf ab` failed (its log is named)
+  5  run: the case does not fit in memory (one line with its size)
   8  compare, ab: timings were gated (--timings gate) but none could be tested (all too noisy, or
      no raw samples): not a pass
 """
@@ -39,16 +40,55 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
+#: Largest ``--batch`` of ``kvperf run``: torch's tensor sizes overflow beyond it (the memory runs out
+#: long before, and that is reported as out of memory).
+MAX_BATCH_SIZE = 2**31 - 1
+#: Seeds that torch's generators take (``torch.Generator.manual_seed``): 64 bits, unsigned here.
+MAX_SEED = 2**64 - 1
+
+
+def _in_range(option: str, value: int, minimum: int, maximum: int) -> None:
+    if not minimum <= value <= maximum:
+        raise UsageError(f"{option} must be in [{minimum}, {maximum}], got {value}")
+
+
+def _named(what: str, value: str | None) -> None:
+    """Refuse an empty text argument, which would otherwise mean the current directory or a default."""
+    if value is not None and not value.strip():
+        raise UsageError(f"{what} is empty: {_NAMED_HINTS[what]}")
+
+
+_NAMED_HINTS = {
+    "MODEL": "give a preset (tiny-gpt2, distilgpt2, tiny-llama-gqa), a model directory or a hub id",
+    "--dtype": "give float32, bfloat16 or float16, or leave the option out",
+    "--device-memory": "give bytes, a size such as 24GiB or 80GB, or auto",
+}
+
+
+def _check_run_args(args: argparse.Namespace) -> None:
+    from kvperf.tiers import MAX_WARMUP_ROUNDS
+
+    _named("MODEL", args.model)
+    if args.batch > MAX_BATCH_SIZE:  # below 1 is GenerationSpec's to refuse
+        raise UsageError(f"--batch must be at most {MAX_BATCH_SIZE}, got {args.batch}")
+    _in_range("--warmup", args.warmup, 0, MAX_WARMUP_ROUNDS)
+    _in_range("--seed", args.seed, 0, MAX_SEED)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from kvperf.harness import run_generation
     from kvperf.models import load_model
+    from kvperf.oom import out_of_memory_as_error, requested_size
     from kvperf.spec import GenerationSpec
 
+    _check_run_args(args)
     spec = GenerationSpec(cache=args.cache, batch_size=args.batch, prompt_len=args.prompt,
                           new_tokens=args.new_tokens, seed=args.seed)
-    model = load_model(args.model, dtype=args.dtype, device=args.device,
-                       trust_remote_code=args.trust_remote_code)
-    result = run_generation(model, spec, warmup_runs=args.warmup)
+    with out_of_memory_as_error(requested_size(spec, args.dtype, args.device), args.device,
+                                hint="use a smaller --batch, --prompt or --new-tokens, or a smaller --dtype"):
+        model = load_model(args.model, dtype=args.dtype, device=args.device,
+                           trust_remote_code=args.trust_remote_code)
+        result = run_generation(model, spec, warmup_runs=args.warmup)
     summary = {"model": args.model, "spec": spec.case_id(), **result.summary()}
     if args.json:
         print(json.dumps({**summary, "itl_s": list(result.itl_s)}))
@@ -69,8 +109,8 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prompt tokens")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls before the timed one")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompt tokens (0 to 2**64-1)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls before the timed one (0 to 1000)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
     p.add_argument("--json", action="store_true", help="print one JSON object, raw latencies included")
     p.set_defaults(handler=_cmd_run)
@@ -79,10 +119,17 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _cmd_kv_size(args: argparse.Namespace) -> int:
     from itertools import groupby
 
-    from kvperf.capacity import format_bytes, kv_size_report
+    from kvperf.capacity import format_bytes, kv_size_report, parse_bytes
     from kvperf.kv_size import Quantization
     from kvperf.models import load_config
 
+    _named("MODEL", args.model)
+    _named("--dtype", args.dtype)
+    _named("--device-memory", args.device_memory)
+    if args.device_memory is not None and args.device_memory.strip().lower() != "auto" \
+            and parse_bytes(args.device_memory) <= 0:
+        raise UsageError(f"--device-memory {args.device_memory!r} is not positive: give the memory for weights and "
+                         "cache, e.g. 24GiB or 80GB")
     config = load_config(args.model, trust_remote_code=args.trust_remote_code)
     quantization = Quantization(args.backend, args.nbits, args.q_group_size, args.residual_length)
     report = kv_size_report(args.model, config, batch_size=args.batch, seq_len=args.seq, dtype=args.dtype,

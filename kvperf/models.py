@@ -94,6 +94,8 @@ def load_config(name: str, *, trust_remote_code: bool = False) -> PretrainedConf
             return AutoConfig.from_pretrained(str(path.parent) if path.name == "config.json" else str(path),
                                               trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError) as exc:
+            if _needs_remote_code(exc):
+                raise _remote_code_refused(name) from None
             raise UsageError(f"cannot read model config {name!r}: {_one_line(exc)}") from None
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code,
@@ -199,7 +201,21 @@ def _offline(name: str) -> bool:
     return False
 
 
+def _needs_remote_code(exc: BaseException) -> bool:
+    """transformers refuses a model that ships its own code with a long ValueError naming the argument."""
+    return isinstance(exc, ValueError) and "trust_remote_code" in str(exc)
+
+
+def _remote_code_refused(name: str) -> ModelNotAvailableError:
+    # kvperf's own words: transformers' text is too long for one line, and cut short it loses its hint.
+    return ModelNotAvailableError(f"model {name!r} ships its own code, which kvperf runs only when allowed "
+                                  "(trust_remote_code): read that code, then pass --trust-remote-code "
+                                  "(--kvperf-trust-remote-code under pytest)")
+
+
 def _not_available(name: str, exc: BaseException) -> ModelNotAvailableError:
+    if _needs_remote_code(exc):
+        return _remote_code_refused(name)
     if Path(name).exists():
         return ModelNotAvailableError(f"cannot load model from {name!r} ({_one_line(exc)}): "
                                       "point to a directory written by save_pretrained")

@@ -1,5 +1,8 @@
 """kvperf's pytest plugin (entry point ``pytest11``): options, markers, fixtures and hooks.
 
+This part runs the cases; ``kvperf.plugin_gate`` (registered through ``pytest_plugins``) saves and
+compares their results.
+
 A benchmark file asks for ``kvperf_case`` (parametrized over the tier's cases of the experiment
 named by its ``kvperf_experiment`` marker) and ``kvperf_bench`` (runs a case or any
 ``GenerationSpec`` under pytest-benchmark and fills ``benchmark.extra_info``)::
@@ -11,27 +14,39 @@ named by its ``kvperf_experiment`` marker) and ``kvperf_bench`` (runs a case or 
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import torch
 from transformers import PreTrainedModel
 
+from kvperf.ab import ENV_VAR as AB_ENV_VAR
 from kvperf.ab import Turns
-from kvperf.baseline import BASELINE_DIR, Baseline, baseline_from_json, baseline_path, load_baseline
 from kvperf.baseline import write_baseline as write_baseline
-from kvperf.bench import SCHEMA_VERSION, benchmark_generation, extra_info
-from kvperf.compare import Comparison, TimingMode, compare, parse_thresholds
-from kvperf.env import Environment, current_environment, mismatched_fields
-from kvperf.errors import KvperfError
+from kvperf.bench import benchmark_generation, extra_info
+from kvperf.errors import KvperfError, OutOfMemoryError
 from kvperf.harness import GenerationResult
 from kvperf.models import load_config, load_model, max_positions
-from kvperf.render import render_table
+from kvperf.oom import out_of_memory_as_error, requested_size
 from kvperf.spec import DTYPES, GenerationSpec, parse_dtype
-from kvperf.tiers import EXPERIMENTS, TIERS, Case, Tier, get_tier
+from kvperf.tiers import (
+    DEFAULT_DTYPES,
+    EXPERIMENTS,
+    MAX_CPU_THREADS,
+    MAX_ROUNDS,
+    MAX_WARMUP_ROUNDS,
+    TIERS,
+    Case,
+    Tier,
+    get_tier,
+)
+
+#: The baselines and the regression gate are a plugin of their own, registered with this one.
+pytest_plugins = ["kvperf.plugin_gate"]
 
 __all__ = ["KvperfConfig"]
 
@@ -52,8 +67,12 @@ def _int_list(option: str, raw: str | None) -> tuple[int, ...] | None:
     return values
 
 
-def _positive(option: str, value: int | None, minimum: int = 1) -> int | None:
-    if value is not None and value < minimum:
+def _in_range(option: str, value: int | None, minimum: int, maximum: int | None = None) -> int | None:
+    if value is None:
+        return None
+    if maximum is not None and not minimum <= value <= maximum:
+        raise KvperfError(f"{option} must be in [{minimum}, {maximum}], got {value}")
+    if value < minimum:
         raise KvperfError(f"{option} must be at least {minimum}, got {value}")
     return value
 
@@ -78,10 +97,10 @@ class KvperfConfig:
             model=opt("kvperf_model"),
             batch_sizes=_int_list("--kvperf-batch-sizes", opt("kvperf_batch_sizes")),
             prompt_lens=_int_list("--kvperf-prompt-lens", opt("kvperf_prompt_lens")),
-            new_tokens=_positive("--kvperf-new-tokens", opt("kvperf_new_tokens"), minimum=2),
-            rounds=_positive("--kvperf-rounds", opt("kvperf_rounds")),
-            warmup_rounds=_positive("--kvperf-warmup", opt("kvperf_warmup"), minimum=0),
-            cpu_threads=_positive("--kvperf-threads", opt("kvperf_threads")),
+            new_tokens=_in_range("--kvperf-new-tokens", opt("kvperf_new_tokens"), 2),
+            rounds=_in_range("--kvperf-rounds", opt("kvperf_rounds"), 1, MAX_ROUNDS),
+            warmup_rounds=_in_range("--kvperf-warmup", opt("kvperf_warmup"), 0, MAX_WARMUP_ROUNDS),
+            cpu_threads=_in_range("--kvperf-threads", opt("kvperf_threads"), 1, MAX_CPU_THREADS),
         )
         device = opt("kvperf_device")
         try:
@@ -92,7 +111,7 @@ class KvperfConfig:
             raise KvperfError(f"--kvperf-device {device!r} is not supported: use cpu, cuda or cuda:N")
         raw_dtypes = opt("kvperf_dtypes")
         if raw_dtypes is None:
-            raw_dtypes = "float32,bfloat16,float16" if torch_device.type == "cuda" else "float32,bfloat16"
+            raw_dtypes = ",".join(DEFAULT_DTYPES[torch_device.type])
         try:
             dtypes = tuple(dict.fromkeys(_name_of(parse_dtype(d)) for d in raw_dtypes.split(",") if d.strip()))
         except KvperfError as exc:
@@ -128,23 +147,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="torch CPU threads while benchmarking (default: 1 in quick, torch's default in full)")
     group.addoption("--kvperf-trust-remote-code", action="store_true", default=False,
                     help="allow a hub model's own code to run (off by default)")
-    # Baselines and the regression gate (kvperf.baseline, kvperf.compare). Options with an optional
-    # value take it with "=": `pytest benchmarks --kvperf-compare=FILE`.
-    group.addoption("--kvperf-save-baseline", nargs="?", const=_DEFAULT, default=None, metavar="DIR",
-                    help=f"save this run as the baseline of its environment: DIR/<environment key>/<tier>.json "
-                         f"(DIR default: {BASELINE_DIR}/ in the project root)")
-    group.addoption("--kvperf-overwrite-baseline", action="store_true", default=False,
-                    help="let --kvperf-save-baseline replace an existing baseline")
-    group.addoption("--kvperf-compare", nargs="?", const=_DEFAULT, default=None, metavar="PATH",
-                    help="compare this run with PATH (default: the saved baseline of this environment) and "
-                         "fail the session on a regression")
-    group.addoption("--kvperf-threshold", action="append", default=[], metavar="METRIC=PCT",
-                    help="regression threshold of one metric in percent, e.g. tpot=5 (repeatable)")
-    group.addoption("--kvperf-timings", choices=("gate", "auto", "skip"), default="gate",
-                    help="gate: compare timings (refuse another machine's baseline); auto: only when the "
-                         "machine matches; skip: deterministic metrics only (default gate)")
-    group.addoption("--kvperf-allow-env-mismatch", action="store_true", default=False,
-                    help="compare against a baseline from a different environment anyway")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -152,16 +154,31 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvperf_experiment(name): which experiment's cases kvperf_case runs "
                                        f"({', '.join(EXPERIMENTS)})")
     try:
-        config.stash[_CONFIG_KEY] = KvperfConfig.from_pytest_config(config)
-        config.stash[_GATE_KEY] = _Gate.from_pytest_config(config)
+        config.stash[CONFIG_KEY] = KvperfConfig.from_pytest_config(config)
         turns = Turns.from_env()
+        if turns is not None:
+            _check_ab_pipes(os.environ[AB_ENV_VAR])
     except KvperfError as exc:
         raise pytest.UsageError(str(exc)) from None
     if turns is not None:
         config.stash[_TURNS_KEY] = turns
 
 
-_CONFIG_KEY = pytest.StashKey["KvperfConfig"]()
+def _check_ab_pipes(raw: str) -> None:
+    """``kvperf ab`` hands each side two pipes; a value left over in the environment names none."""
+    for fd in (int(v) for v in raw.split(",")):  # Turns.from_env checked the form
+        try:
+            is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        except OSError:
+            is_pipe = False
+        if not is_pipe:
+            raise KvperfError(f"{AB_ENV_VAR}={raw!r} is set but no `kvperf ab` run is behind it (descriptor {fd} "
+                              f"is not an open pipe): it is left over in the environment; `unset {AB_ENV_VAR}` "
+                              "to run the benchmarks on their own")
+
+
+#: The run's ``KvperfConfig`` (also read by ``kvperf.plugin_gate``).
+CONFIG_KEY = pytest.StashKey["KvperfConfig"]()
 _TURNS_KEY = pytest.StashKey[Turns]()
 _MODELS_KEY = pytest.StashKey[dict[tuple[str, str, str], PreTrainedModel]]()
 
@@ -169,7 +186,7 @@ _MODELS_KEY = pytest.StashKey[dict[tuple[str, str, str], PreTrainedModel]]()
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "kvperf_case" not in metafunc.fixturenames:
         return
-    cfg = metafunc.config.stash[_CONFIG_KEY]
+    cfg = metafunc.config.stash[CONFIG_KEY]
     marker = metafunc.definition.get_closest_marker("kvperf_experiment")
     experiment = marker.args[0] if marker and marker.args else "matrix"
     marks = [pytest.mark.gpu] if torch.device(cfg.device).type == "cuda" else []
@@ -189,7 +206,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def kvperf_config(pytestconfig: pytest.Config) -> KvperfConfig:
     """The kvperf options of this run."""
-    return pytestconfig.stash[_CONFIG_KEY]
+    return pytestconfig.stash[CONFIG_KEY]
 
 
 @pytest.fixture(scope="session")
@@ -226,12 +243,19 @@ def kvperf_bench(
     def run(case: Case | GenerationSpec, dtype: str | None = None) -> list[GenerationResult]:
         if isinstance(case, GenerationSpec):
             case = Case("custom", case, dtype or kvperf_config.dtypes[0])
-        model = kvperf_model(case.dtype)
         benchmark.group = case.experiment
         turns = pytestconfig.stash.get(_TURNS_KEY, None)
-        results = benchmark_generation(benchmark, model, case.spec, rounds=kvperf_config.tier.rounds,
-                                       warmup_rounds=kvperf_config.tier.warmup_rounds,
-                                       before_round=turns.pass_turn if turns is not None else None)
+        device = kvperf_config.device
+        # A case that does not fit is skipped with its size, and the session goes on (kvperf.oom).
+        try:
+            with out_of_memory_as_error(requested_size(case.spec, case.dtype, device), device):
+                model = kvperf_model(case.dtype)
+                results = benchmark_generation(benchmark, model, case.spec, rounds=kvperf_config.tier.rounds,
+                                               warmup_rounds=kvperf_config.tier.warmup_rounds,
+                                               before_round=turns.pass_turn if turns is not None else None)
+        except OutOfMemoryError as exc:
+            _forget(pytestconfig, benchmark)
+            pytest.skip(str(exc))
         benchmark.extra_info.update(extra_info(
             results, experiment=case.experiment, tier=kvperf_config.tier.name, model=kvperf_config.model,
             torch_threads=torch.get_num_threads(),
@@ -241,144 +265,36 @@ def kvperf_bench(
     return run
 
 
-# Baselines and the regression gate ------------------------------------------------------------------
-
-_DEFAULT = "<default>"  # the const of --kvperf-save-baseline / --kvperf-compare given without a value
-
-
-def _environment(config: pytest.Config) -> Environment:
-    """This session's environment fingerprint, computed once."""
-    if _ENV_KEY not in config.stash:
-        cfg = config.stash[_CONFIG_KEY]
-        threads = getattr(cfg.tier, "cpu_threads", None)
-        config.stash[_ENV_KEY] = current_environment(torch.device(cfg.device).type, root=config.rootpath,
-                                                     torch_threads=threads)
-    return config.stash[_ENV_KEY]
-
-
-@dataclass(frozen=True)
-class _Gate:
-    """What to do with this session's results: save them as a baseline, compare them with one."""
-
-    save_path: Path | None
-    overwrite: bool
-    baseline: Baseline | None
-    thresholds: dict[str, float]
-    timings: TimingMode
-    allow_env_mismatch: bool
-
-    @classmethod
-    def from_pytest_config(cls, config: pytest.Config) -> _Gate:
-        opt = config.getoption
-        save, compare_to = opt("kvperf_save_baseline"), opt("kvperf_compare")
-        thresholds = parse_thresholds(opt("kvperf_threshold"))
-        gate = cls(save_path=None, overwrite=opt("kvperf_overwrite_baseline"), baseline=None,
-                   thresholds=thresholds, timings=cast(TimingMode, opt("kvperf_timings")),
-                   allow_env_mismatch=opt("kvperf_allow_env_mismatch"))
-        if save is None and compare_to is None:
-            return gate
-        env, tier = _environment(config), config.stash[_CONFIG_KEY].tier.name
-        default_dir = config.rootpath / BASELINE_DIR
-        save_path = None
-        if save is not None:
-            save_path = baseline_path(default_dir if save == _DEFAULT else Path(save), env.key(), tier)
-            if save_path.exists() and not gate.overwrite:
-                raise KvperfError(f"{save_path}: a baseline already exists: pass --kvperf-overwrite-baseline to "
-                                  "replace it on purpose, or --kvperf-save-baseline=DIR to save elsewhere")
-        baseline = None
-        if compare_to is not None:
-            path = baseline_path(default_dir, env.key(), tier) if compare_to == _DEFAULT else Path(compare_to)
-            if compare_to == _DEFAULT and not path.exists():
-                raise KvperfError(f"no baseline for this environment ({path}): save one first with "
-                                  "`pytest benchmarks --kvperf-save-baseline`, or pass --kvperf-compare=FILE")
-            baseline = load_baseline(path)
-            # Refuse a baseline from another environment now, before the benchmarks run.
-            exact = mismatched_fields(baseline.environment, env, timings=False)
-            timing = mismatched_fields(baseline.environment, env, timings=gate.timings == "gate")
-            if (exact or timing) and not gate.allow_env_mismatch:
-                raise KvperfError(f"{path}: baseline environment differs in {'; '.join(timing or exact)}: use the "
-                                  "baseline of this environment, --kvperf-timings auto (deterministic metrics "
-                                  "only), or --kvperf-allow-env-mismatch")
-        return cls(save_path=save_path, overwrite=gate.overwrite, baseline=baseline, thresholds=thresholds,
-                   timings=gate.timings, allow_env_mismatch=gate.allow_env_mismatch)
-
-
-_GATE_KEY = pytest.StashKey[_Gate]()
-_ENV_KEY = pytest.StashKey[Environment]()
-_OUTCOME_KEY = pytest.StashKey[list[str]]()
-_COMPARISON_KEY = pytest.StashKey[Comparison]()
-
-
-def _ran_kvperf(config: pytest.Config) -> bool:
+def _forget(config: pytest.Config, benchmark: Any) -> None:
+    """Keep what a failed case measured before it failed out of pytest-benchmark's table and JSON."""
+    benchmark.has_error = True  # pytest-benchmark leaves such a benchmark out of its JSON
+    stats = getattr(benchmark, "stats", None)
     session = getattr(config, "_benchmarksession", None)
-    return any("kvperf_schema" in getattr(b, "extra_info", {}) for b in getattr(session, "benchmarks", []))
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
-    """Record the environment fingerprint in every JSON that kvperf benchmarks are written to."""
-    if _ran_kvperf(config):
-        machine_info["kvperf"] = _environment(config).to_json()
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_json: dict[str, Any]) -> None:
-    """Mark a JSON holding kvperf benchmarks with kvperf's schema version: it is then a baseline."""
-    if any("kvperf_schema" in (b.get("extra_info") or {}) for b in output_json.get("benchmarks", [])):
-        output_json["kvperf"] = {"schema": SCHEMA_VERSION}
-
-
-def _session_json(config: pytest.Config) -> dict[str, Any]:
-    """This session's results as pytest-benchmark writes them for --benchmark-json (its own hooks)."""
-    session = config._benchmarksession  # type: ignore[attr-defined]
-    machine_info = session.get_machine_info()
-    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
-    config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit_info)
-    output: dict[str, Any] = config.hook.pytest_benchmark_generate_json(
-        config=config, benchmarks=session.benchmarks, include_data=True, machine_info=machine_info,
-        commit_info=commit_info)
-    config.hook.pytest_benchmark_update_json(config=config, benchmarks=session.benchmarks, output_json=output)
-    return output
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    gate = config.stash.get(_GATE_KEY, None)
-    if gate is None or (gate.save_path is None and gate.baseline is None):
-        return
-    lines = config.stash.setdefault(_OUTCOME_KEY, [])
-    if not _ran_kvperf(config):
-        lines.append("kvperf: no kvperf benchmark ran, so nothing was saved or compared")
-        return
-    data = _session_json(config)
-    try:
-        if gate.baseline is not None:
-            current = baseline_from_json(data, "this run")
-            comparison = compare(gate.baseline, current, thresholds=gate.thresholds, timings=gate.timings,
-                                 allow_env_mismatch=gate.allow_env_mismatch, flag_prefix="--kvperf-")
-            config.stash[_COMPARISON_KEY] = comparison
-            if comparison.regressions and session.exitstatus == pytest.ExitCode.OK:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if gate.save_path is not None and exitstatus != pytest.ExitCode.OK:
-            lines.append(f"kvperf: baseline not saved: the session did not pass (exit {int(exitstatus)})")
-        elif gate.save_path is not None:
-            written = write_baseline(data, gate.save_path, overwrite=gate.overwrite)
-            lines.append(f"kvperf: saved baseline {written}")
-    except KvperfError as exc:
-        lines.append(f"kvperf: error: {exc}")
-        if session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+    if stats is not None and session is not None:  # and out of its table
+        session.benchmarks[:] = [b for b in session.benchmarks if b is not stats]
 
 
 # A/B runs (kvperf.ab): under `kvperf ab`, every test and the end of the session wait for this side's turn.
+
+def _acquire(turns: Turns) -> None:
+    """Wait for this side's turn; a driver that went away ends the session with one line, not an
+    INTERNALERROR."""
+    try:
+        turns.acquire()
+    except KvperfError as exc:
+        pytest.exit(f"kvperf: {exc}", returncode=pytest.ExitCode.INTERRUPTED)
+
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
     turns = item.config.stash.get(_TURNS_KEY, None)
     if turns is None:
         return (yield)
-    with turns.turn():
+    _acquire(turns)
+    try:
         return (yield)
+    finally:
+        turns.release()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -386,7 +302,7 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
     result = yield
     turns = session.config.stash.get(_TURNS_KEY, None)
     if turns is not None:  # the session's end (JSON, summaries) runs in a turn too, until unconfigure
-        turns.acquire()
+        _acquire(turns)
     return result
 
 
@@ -394,16 +310,3 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     turns = config.stash.get(_TURNS_KEY, None)
     if turns is not None:
         turns.release()
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    comparison = config.stash.get(_COMPARISON_KEY, None)
-    lines = config.stash.get(_OUTCOME_KEY, [])
-    if comparison is None and not lines:
-        return
-    terminalreporter.section("kvperf baseline")
-    if comparison is not None:
-        for line in render_table(comparison).splitlines():
-            terminalreporter.write_line(line, red=bool(comparison.regressions) and line.startswith("verdict"))
-    for line in lines:
-        terminalreporter.write_line(line)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -77,13 +78,22 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        hint = "truncated" if exc.pos >= len(text.rstrip()) - 1 else "not valid JSON"
+        hint = "truncated" if _truncated(text, exc) else "not valid JSON"
         raise BadInputError(f"{source}: {hint} (line {exc.lineno}, column {exc.colno}): regenerate the file, "
                             "an interrupted write or a bad merge can leave it like this") from None
     except RecursionError:
         raise BadInputError(f"{source}: nested too deeply to be a result file: {_FIX}") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise BadInputError(f"{source}: not a result file ({str(exc)[:80]}): {_FIX}") from None
+
+
+def _truncated(text: str, exc: json.JSONDecodeError) -> bool:
+    """Whether the text stops inside JSON rather than going wrong: the error is at its end, or in its
+    last token, cut short (a string never closed, a number or ``true``/``false``/``null`` begun)."""
+    rest = text[exc.pos:].rstrip()
+    return (exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated string")
+            or any(word.startswith(rest) for word in ("true", "false", "null"))
+            or re.fullmatch(r"-?[0-9.eE+-]+", rest) is not None)
 
 
 def _supported_schema() -> int:

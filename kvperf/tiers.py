@@ -24,9 +24,20 @@ from itertools import product
 from kvperf.errors import UsageError
 from kvperf.spec import CacheMode, GenerationSpec
 
-__all__ = ["EXPERIMENTS", "TIERS", "Case", "Tier", "get_tier"]
+__all__ = ["DEFAULT_DTYPES", "EXPERIMENTS", "MAX_CPU_THREADS", "MAX_ROUNDS", "MAX_WARMUP_ROUNDS", "TIERS", "Case",
+           "Tier", "get_tier"]
 
 EXPERIMENTS = ("matrix", "length", "batch", "context", "first_token")
+#: The dtypes every tier runs in, by device type (``--kvperf-dtypes`` overrides them).
+DEFAULT_DTYPES: dict[str, tuple[str, ...]] = {
+    "cpu": ("float32", "bfloat16"),
+    "cuda": ("float32", "bfloat16", "float16"),
+}
+#: Upper bounds of the per-case repetitions and of torch's threads. Far above any useful value; they
+#: exist so that a typo (an extra zero, a pasted number) is refused instead of running for days.
+MAX_ROUNDS = 10_000
+MAX_WARMUP_ROUNDS = 1_000
+MAX_CPU_THREADS = 1_024
 _ON_OFF: tuple[CacheMode, ...] = ("on", "off")
 _MATRIX_CACHES: tuple[CacheMode, ...] = ("on", "static", "off")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kvperf.baseline import baseline_path, load_baseline, write_baseline
+from kvperf.baseline import SkippedCase, baseline_path, load_baseline, write_baseline
 from kvperf.cli import main
 from kvperf.errors import BadInputError
 from tests.test_compare import BASE, CASE, ENV, info, result_json
@@ -54,7 +54,13 @@ def bad_inputs(tmp_path: Path) -> list[tuple[Path, str]]:
                                              "--benchmark-json=FILE`"),
         (write(tmp_path / "cut.json", full[: len(full) // 2]),
          "cut.json: truncated (line "),
+        # Cut inside a string or a literal: the decoder points at its start, not at the end of the text.
+        (write(tmp_path / "cut-string.json", '{"benchmarks": [{"name": "test_matrix[cache=o'),
+         "cut-string.json: truncated (line 1, column 26)"),
+        (write(tmp_path / "cut-literal.json", '{"benchmarks": [], "kvperf_subset": fa'),
+         "cut-literal.json: truncated (line 1, column 37)"),
         (write(tmp_path / "text.json", "hello, world"), "text.json: not valid JSON (line 1, column 1)"),
+        (write(tmp_path / "word.json", '{"a": hello}'), "word.json: not valid JSON (line 1, column 7)"),
         (write(tmp_path / "list.json", [1, 2]), "list.json: not a pytest-benchmark JSON file (no 'benchmarks' "
                                                 "list): pass a file written by `pytest benchmarks "
                                                 "--benchmark-json=FILE`"),
@@ -134,3 +140,29 @@ def test_write_refuses_what_it_could_not_read_back(tmp_path: Path):
     with pytest.raises(BadInputError, match="not a kvperf baseline"):
         write_baseline({"benchmarks": []}, tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_subset_selection_and_skipped_cases_are_read_back(tmp_path: Path):
+    data = result_json({CASE: info(BASE)})
+    data.update(kvperf_subset=True, kvperf_selection={"tier": "quick", "narrowed_by": ["node id b.py::t"]},
+                kvperf_skipped_cases=[{"name": "test_x[bs=64]", "model": "tiny-gpt2", "reason": "out of memory"}])
+    baseline = load_baseline(write(tmp_path / "b.json", data))
+    assert baseline.subset is True and baseline.selection == data["kvperf_selection"]
+    assert baseline.skipped_cases == (SkippedCase("test_x[bs=64]", "tiny-gpt2", "out of memory"),)
+    older = load_baseline(write(tmp_path / "old.json", result_json({CASE: info(BASE)})))
+    assert older.subset is None and older.selection is None and older.skipped_cases == ()
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("kvperf_subset", "yes", "'kvperf_subset' is 'yes', not true or false"),
+    ("kvperf_selection", ["-k"], "'kvperf_selection' is not an object"),
+    ("kvperf_skipped_cases", 3, "'kvperf_skipped_cases' is not a list of {name, model, reason} texts"),
+    ("kvperf_skipped_cases", [{"name": "t", "model": "m", "reason": 1}],
+     "'kvperf_skipped_cases' is not a list of {name, model, reason} texts"),
+])
+def test_damaged_selection_fields_are_one_clear_error(tmp_path: Path, key: str, value: Any, message: str):
+    data = result_json({CASE: info(BASE)})
+    data[key] = value
+    with pytest.raises(BadInputError) as raised:
+        load_baseline(write(tmp_path / "b.json", data))
+    assert str(raised.value).startswith(f"{tmp_path / 'b.json'}: {message}: ")

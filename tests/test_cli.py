@@ -25,6 +25,16 @@ def test_run_prints_every_result_field(capsys):
          "use a shorter prompt or fewer new tokens\n"),
         (["run", "tiny-gpt2", "--device", "cuda:0"] if not __import__("torch").cuda.is_available()
          else ["run", "tiny-gpt2", "--device", "npu"], None),
+        (["run", "tiny-gpt2", "--warmup", "99999999999999999999"],
+         "kvperf: error: --warmup must be in [0, 1000], got 99999999999999999999\n"),
+        (["run", "tiny-gpt2", "--warmup", "-5"], "kvperf: error: --warmup must be in [0, 1000], got -5\n"),
+        (["run", "tiny-gpt2", "--seed", str(2**64)],
+         f"kvperf: error: --seed must be in [0, {2**64 - 1}], got {2**64}\n"),
+        (["run", "tiny-gpt2", "--seed", "-1"], f"kvperf: error: --seed must be in [0, {2**64 - 1}], got -1\n"),
+        (["run", "tiny-gpt2", "--batch", str(10**20)],
+         f"kvperf: error: --batch must be at most {2**31 - 1}, got {10**20}\n"),
+        (["run", ""], "kvperf: error: MODEL is empty: give a preset (tiny-gpt2, distilgpt2, tiny-llama-gqa), a model "
+                      "directory or a hub id\n"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
@@ -40,3 +50,28 @@ def test_argparse_errors_also_exit_2(capsys):
         main(["run", "tiny-gpt2", "--batch", "two"])
     assert info.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_largest_seed_runs(capsys):
+    assert main(["run", "tiny-gpt2", "--prompt", "8", "--new-tokens", "2", "--seed", str(2**64 - 1), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["generated_tokens"] == 2
+
+
+@pytest.mark.parametrize("where", ["generate", "load"])
+def test_out_of_memory_is_one_line_and_exit_5(capsys, monkeypatch, where):
+    """What torch raises when memory runs out (faked: the machine's memory is never exhausted)."""
+    import torch
+
+    import kvperf.harness
+    import kvperf.models
+    from tests.test_oom import CPU_OOM
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(CPU_OOM) if where == "generate" else torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(kvperf.harness if where == "generate" else kvperf.models,
+                        "run_generation" if where == "generate" else "load_model", fail)
+    assert main(["run", "tiny-gpt2", "--batch", "64", "--prompt", "500", "--new-tokens", "12"]) == 5
+    assert capsys.readouterr().err == (
+        "kvperf: error: out of memory for batch 64 x (prompt 500 + 12 new tokens), float32 on cpu: use a smaller "
+        "--batch, --prompt or --new-tokens, or a smaller --dtype\n")

@@ -92,7 +92,15 @@ def test_auto_without_gpu_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: p
     (["no-such-model"], "model 'no-such-model' is not a preset (tiny-gpt2, distilgpt2, tiny-llama-gqa), a local "
                         "directory, or a hub id in the local cache: use a preset, or download it first with "
                         "`hf download no-such-model`"),
-], ids=["dtype", "batch", "seq", "memory", "nbits", "model"])
+    (["tiny-gpt2", "--device-memory", "0"],
+     "--device-memory '0' is not positive: give the memory for weights and cache, e.g. 24GiB or 80GB"),
+    (["tiny-gpt2", "--device-memory", "0.4"],
+     "--device-memory '0.4' is not positive: give the memory for weights and cache, e.g. 24GiB or 80GB"),
+    (["tiny-gpt2", "--device-memory="], "--device-memory is empty: give bytes, a size such as 24GiB or 80GB, or auto"),
+    (["tiny-gpt2", "--dtype="], "--dtype is empty: give float32, bfloat16 or float16, or leave the option out"),
+    ([""], "MODEL is empty: give a preset (tiny-gpt2, distilgpt2, tiny-llama-gqa), a model directory or a hub id"),
+], ids=["dtype", "batch", "seq", "memory", "nbits", "model", "memory-0", "memory-below-1", "memory-empty",
+        "dtype-empty", "model-empty"])
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -53,6 +54,13 @@ def test_cases_run_with_readable_ids_and_full_extra_info(pytester: pytest.Pytest
          "pass shorter --kvperf-prompt-lens / --kvperf-new-tokens"),
         (["--kvperf-device", "tpu"], "ERROR: --kvperf-device 'tpu' is not a device: use cpu, cuda or cuda:N"),
         (["--kvperf-new-tokens", "1"], "ERROR: --kvperf-new-tokens must be at least 2, got 1"),
+        (["--kvperf-warmup", "99999999999999999999"],
+         "ERROR: --kvperf-warmup must be in [0, 1000], got 99999999999999999999"),
+        (["--kvperf-warmup", "-5"], "ERROR: --kvperf-warmup must be in [0, 1000], got -5"),
+        (["--kvperf-rounds", "0"], "ERROR: --kvperf-rounds must be in [1, 10000], got 0"),
+        (["--kvperf-rounds", "1000000"], "ERROR: --kvperf-rounds must be in [1, 10000], got 1000000"),
+        (["--kvperf-threads", "0"], "ERROR: --kvperf-threads must be in [1, 1024], got 0"),
+        (["--kvperf-threads", "99999999999"], "ERROR: --kvperf-threads must be in [1, 1024], got 99999999999"),
     ],
 )
 def test_bad_options_are_usage_errors_without_traceback(pytester: pytest.Pytester, args, message):
@@ -71,3 +79,55 @@ def test_cuda_cases_skip_with_a_reason_on_a_cpu_machine(pytester: pytest.Pyteste
     result = pytester.runpytest(*TINY, "--kvperf-device", "cuda", "--kvperf-dtypes", "float16", "-rs", "-k", "matrix")
     result.assert_outcomes(skipped=6)
     result.stdout.fnmatch_lines(["*needs a CUDA GPU, and torch.cuda.is_available() is False here*"])
+
+
+@pytest.mark.parametrize("stale", ["1000,1001", "file"])
+def test_a_stale_ab_variable_is_one_line_not_an_internal_error(pytester: pytest.Pytester,
+                                                              monkeypatch: pytest.MonkeyPatch, stale: str):
+    """KVPERF_AB_TURNS left in the environment (no `kvperf ab` behind it): closed descriptors, or open
+    ones that are not the driver's pipes."""
+    pytester.makepyfile(test_bench=BENCH_FILE)
+    fd = os.open(pytester.path / "test_bench.py", os.O_RDONLY)
+    try:
+        value = f"{fd},{fd}" if stale == "file" else stale
+        monkeypatch.setenv("KVPERF_AB_TURNS", value)
+        result = pytester.runpytest(*TINY)
+    finally:
+        os.close(fd)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    first = value.split(",")[0]
+    assert result.stderr.lines[0] == (
+        f"ERROR: KVPERF_AB_TURNS={value!r} is set but no `kvperf ab` run is behind it (descriptor {first} is not an "
+        "open pipe): it is left over in the environment; `unset KVPERF_AB_TURNS` to run the benchmarks on their own")
+    output = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in output and "Traceback" not in output
+
+
+def test_the_pipes_of_a_real_ab_run_are_accepted():
+    from kvperf.plugin import _check_ab_pipes
+
+    read_fd, write_fd = os.pipe()
+    try:
+        _check_ab_pipes(f"{read_fd},{write_fd}")  # no error
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_a_driver_that_went_away_is_one_line_not_an_internal_error(pytester: pytest.Pytester,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    """Real pipes, as `kvperf ab` hands them over, but the driver's ends are closed."""
+    pytester.makepyfile(test_bench=BENCH_FILE)
+    to_side_read, to_side_write = os.pipe()
+    to_driver_read, to_driver_write = os.pipe()
+    os.close(to_driver_read)
+    os.close(to_side_write)
+    try:
+        monkeypatch.setenv("KVPERF_AB_TURNS", f"{to_side_read},{to_driver_write}")
+        result = pytester.runpytest(*TINY)
+    finally:
+        os.close(to_side_read)
+        os.close(to_driver_write)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*kvperf: lost the `kvperf ab` driver (*): run the side again through `kvperf ab`*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()

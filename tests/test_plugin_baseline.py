@@ -82,6 +82,11 @@ def test_pytest_benchmark_compare_reads_a_saved_baseline(pytester: pytest.Pytest
                                       "CPU' -> *): use the baseline of this environment, --kvperf-timings auto "
                                       "(deterministic metrics only), or --kvperf-allow-env-mismatch"),
     (["--kvperf-threshold", "tpot"], "ERROR: bad threshold 'tpot': write METRIC=PCT*"),
+    (["--kvperf-save-baseline="], "ERROR: --kvperf-save-baseline= names no directory (it would save into the current "
+                                  "one): give --kvperf-save-baseline=DIR, or no value for baselines/ in the project "
+                                  "root"),
+    (["--kvperf-compare="], "ERROR: --kvperf-compare= names no file: give --kvperf-compare=FILE, or no value for "
+                            "the baseline of this environment"),
 ])
 def test_bad_gate_options_are_usage_errors_before_anything_runs(pytester: pytest.Pytester, args, message):
     from tests.test_compare import BASE, CASE, ENV, info, result_json
@@ -110,3 +115,23 @@ def test_a_failing_session_saves_no_baseline(pytester: pytest.Pytester):
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["kvperf: baseline not saved: the session did not pass (exit 1)"])
     assert not (pytester.path / "baselines").exists()
+
+
+@pytest.mark.parametrize("timings", ["gate", "auto"])
+def test_another_torch_is_refused_without_suggesting_what_would_not_help(pytester: pytest.Pytester, timings):
+    """Other software changes every metric: --kvperf-timings auto would be refused too, so only
+    --kvperf-allow-env-mismatch is offered."""
+    from kvperf.env import current_environment
+    from tests.test_compare import BASE, CASE, info, result_json
+
+    pytester.makepyfile(test_bench=BENCH_FILE)
+    env = current_environment("cpu", root=pytester.path, torch_threads=1)
+    older = result_json({CASE: info(BASE)})
+    older["machine_info"]["kvperf"] = dict(env.to_json(), torch_version="2.0.0")
+    (pytester.path / "older.json").write_text(json.dumps(older))
+    result = pytester.runpytest(*TINY, "--kvperf-compare=older.json", f"--kvperf-timings={timings}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0] == (
+        f"ERROR: older.json: baseline environment differs in torch_version ('2.0.0' -> {env.torch_version!r}), "
+        "which changes every metric: use a baseline made with this torch, transformers and device, or "
+        "--kvperf-allow-env-mismatch to compare anyway")
