@@ -160,7 +160,10 @@ def cases() -> list[Case]:
              [*PYTEST, "bench.py", *TINY, "--kvperf-device", "cuda", "--kvperf-compare=cuda.json",
               "--kvperf-timings", "auto"], "6 (nothing compared)", setup=_cuda_baseline, timeout_s=300),
         Case("1", "pytest: a -k subset saved as the tier's baseline",
-             [*PYTEST, "bench.py", *TINY, "-k", "on", "--kvperf-save-baseline=subset"], "4 (refused)",
+             [*PYTEST, "bench.py", *TINY, "-k", "on", "--kvperf-save-baseline"], "4 (refused)",
+             timeout_s=300),
+        Case("1", "pytest: a -k subset saved elsewhere (labelled)",
+             [*PYTEST, "bench.py", *TINY, "-k", "on", "--kvperf-save-baseline=subset"], "0 (labelled)",
              timeout_s=300),
         # Item 3: hostile or corrupt result files.
         Case("3", "compare: JSON nested 200,000 deep", [*CLI, "compare", "good.json", "deep.json"], "2"),

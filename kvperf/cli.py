@@ -344,6 +344,9 @@ def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from kvperf.report import format_table, load_cases, make_plots, make_tables
 
+    if args.plots is not None and not args.plots.strip():
+        raise UsageError("--plots '' names no directory: give one for the PNG files, e.g. --plots plots, "
+                         "or leave the option out")
     cases = load_cases(args.results)
     print("\n".join(format_table(t, args.format) for t in make_tables(cases)), end="")
     if args.plots:

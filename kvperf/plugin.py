@@ -194,10 +194,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("kvperf_case", [pytest.param(c, id=c.id, marks=marks) for c in cases])
 
 
+_NO_GPU = "needs a CUDA GPU, and torch.cuda.is_available() is False here"
+
+
+def _skip_without_gpu(device: str) -> None:
+    """Skip the calling test when ``device`` is CUDA and this machine has none: a user's own benchmark
+    file under ``--kvperf-device cuda`` is skipped like the tier's cases, not failed."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        pytest.skip(_NO_GPU)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU, and torch.cuda.is_available() is False here")
+    skip = pytest.mark.skip(reason=_NO_GPU)
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)
@@ -217,6 +227,7 @@ def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Ca
     models = pytestconfig.stash.setdefault(_MODELS_KEY, {})
 
     def get(dtype: str) -> PreTrainedModel:
+        _skip_without_gpu(kvperf_config.device)
         threads = kvperf_config.tier.cpu_threads
         if threads is not None and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
@@ -246,6 +257,9 @@ def kvperf_bench(
         benchmark.group = case.experiment
         turns = pytestconfig.stash.get(_TURNS_KEY, None)
         device = kvperf_config.device
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            _forget(pytestconfig, benchmark)
+            _skip_without_gpu(device)
         # A case that does not fit is skipped with its size, and the session goes on (kvperf.oom).
         try:
             with out_of_memory_as_error(requested_size(case.spec, case.dtype, device), device):

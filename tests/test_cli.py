@@ -33,6 +33,8 @@ def test_run_prints_every_result_field(capsys):
         (["run", "tiny-gpt2", "--seed", "-1"], f"kvperf: error: --seed must be in [0, {2**64 - 1}], got -1\n"),
         (["run", "tiny-gpt2", "--batch", str(10**20)],
          f"kvperf: error: --batch must be at most {2**31 - 1}, got {10**20}\n"),
+        (["report", "no-such.json", "--plots", ""], "kvperf: error: --plots '' names no directory: give one for "
+                                                    "the PNG files, e.g. --plots plots, or leave the option out\n"),
         (["run", ""], "kvperf: error: MODEL is empty: give a preset (tiny-gpt2, distilgpt2, tiny-llama-gqa), a model "
                       "directory or a hub id\n"),
     ],

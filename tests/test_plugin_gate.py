@@ -114,6 +114,21 @@ def test_cuda_cases_skipped_on_a_machine_without_a_gpu_are_not_a_pass(pytester: 
     no_traceback(result)
 
 
+def test_a_users_own_cases_under_cuda_without_a_gpu_are_skipped_not_failed(pytester: pytest.Pytester):
+    """``kvperf_bench`` in a user's file is skipped like the tier's cases, so the gate sees nothing ran."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the CUDA cases would run")
+    pytester.makepyfile(test_bench=BENCH_FILE)
+    baseline_file(pytester, ["test_case[on]", "test_case[off]"], device_type="cuda")
+    result = pytester.runpytest(*TINY, "--kvperf-device", "cuda", "--kvperf-compare=base.json")
+    result.assert_outcomes(skipped=2)
+    assert result.ret == EXIT_NOTHING_COMPARED
+    result.stdout.fnmatch_lines(["kvperf: error: no kvperf case ran (2 skipped: needs a CUDA GPU, *"])
+    no_traceback(result)
+
+
 def test_no_case_in_common_with_the_baseline_is_not_a_pass(pytester: pytest.Pytester):
     pytester.makepyfile(test_bench=BENCH_FILE)
     baseline_file(pytester, ["test_renamed[on]", "test_renamed[off]", "test_renamed[static]"])
