@@ -222,13 +222,28 @@ def _device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
 
 
+#: What ``generate`` keeps on a model between static-cache calls, by release: from 5.15 the largest
+#: ``max_cache_len`` of earlier calls (``_previous_max_cache_length``), before it the static cache
+#: itself (``_cache``), reused and reset whenever it is at least as long and as wide as the new call needs.
+_STATIC_CACHE_MEMORY = ("_previous_max_cache_length", "_cache")
+
+
+def forget_static_cache(model: PreTrainedModel) -> None:
+    """Make the next static ``generate`` call on ``model`` build a cache sized for its own spec alone.
+
+    transformers keeps, on the model, either the static cache of an earlier call or its length, so
+    that ``torch.compile`` is spared a recompilation. kvperf does not compile, and a case's KV bytes
+    and peak memory must not depend on which cases ran before it. Whatever of the two this release
+    keeps is dropped (both are looked for: a feature, not a version number, decides)."""
+    for name in _STATIC_CACHE_MEMORY:
+        if name in vars(model):
+            delattr(model, name)
+
+
 def _generate(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
               attention_mask: torch.Tensor, **extra: Any) -> Any:
-    if spec.cache == "static" and hasattr(model, "_previous_max_cache_length"):
-        # generate() sizes a static cache to the largest length any earlier static call on this model
-        # used (to spare torch.compile a recompilation). kvperf does not compile, and a case's memory
-        # must not depend on which cases ran before it: size the cache for this spec alone.
-        del model._previous_max_cache_length
+    if spec.cache == "static":
+        forget_static_cache(model)
     generate: Any = model.generate  # typed as a Tensor attribute by torch's nn.Module stubs
     return generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs(model, spec), **extra)
 
