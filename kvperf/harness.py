@@ -42,6 +42,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
+from kvperf.fingerprint import output_sha256
 from kvperf.kv_size import measure_cache_bytes, returned_cache
 from kvperf.memory import PeakMemory, measure_peak
 from kvperf.prompts import make_prompts, pad_token_id
@@ -121,6 +122,8 @@ class GenerationTiming:
     e2e_cpu_s: float = float("nan")
     ttft_cpu_s: float = float("nan")
     itl_cpu_s: tuple[float, ...] = ()
+    #: SHA-256 of the generated token ids (``kvperf.fingerprint.output_sha256``).
+    output_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,9 @@ class GenerationResult:
     peak_kv_cache_bytes: int | None = None
     peak_activations_bytes: int | None = None
     peak_memory_note: str | None = None
+    #: SHA-256 of the token ids the timed call generated (``kvperf.fingerprint``): the same in every round
+    #: of a case in one environment (greedy, seeded), so a comparison can tell when the output changed.
+    output_sha256: str | None = None
 
     @property
     def itl_p50_s(self) -> float:
@@ -295,6 +301,7 @@ def time_generation(
         e2e_cpu_s=end_cpu - start_cpu,
         ttft_cpu_s=clock.cpu_stamps_s[0] - start_cpu,
         itl_cpu_s=tuple(b - a for a, b in pairwise(clock.cpu_stamps_s)),
+        output_sha256=output_sha256(out.sequences, input_ids.shape[1]),
     )
 
 
@@ -331,6 +338,7 @@ def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: Gen
         peak_kv_cache_bytes=peak.peak_kv_cache_bytes if peak is not None else None,
         peak_activations_bytes=peak.peak_activations_bytes if peak is not None else None,
         peak_memory_note=peak.note if peak is not None else "peak memory was not measured",
+        output_sha256=timing.output_sha256,
     )
 
 
