@@ -88,6 +88,9 @@ def extra_info(results: list[GenerationResult], **context: Any) -> dict[str, Any
             info[key] = value
     for key in SAMPLED_FIELDS:
         info[f"{key}_samples"] = [s[key] for s in summaries]
+    # The output hash of the first round is the case's; how many the rounds produced says whether it is
+    # deterministic here (kvperf.fingerprint).
+    info["output_sha256_distinct"] = len({r.output_sha256 for r in results})
     info["itl_s"] = [list(r.itl_s) for r in results]
     info["rounds"] = len(results)
     return info

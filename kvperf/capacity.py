@@ -97,8 +97,14 @@ def gpu_free_memory_bytes() -> tuple[int, str]:
 
 
 def weight_bytes(config: PretrainedConfig, dtype: str | torch.dtype = "float32") -> int:
-    """Bytes of the model's parameters and buffers in ``dtype``, counted on the meta device (nothing is
-    allocated; a tied embedding counts once, integer buffers keep their own size)."""
+    """Bytes of the model's weights in ``dtype``: its state dict (parameters and persistent buffers),
+    counted on the meta device (nothing is allocated; a tied embedding counts once, integer buffers keep
+    their own size).
+
+    Non-persistent buffers are left out: they are derived from the config, not weights, and which
+    ones a model has depends on the release (GPT-2's 1024 x 1024 causal mask ``bias`` and ``masked_bias``
+    before transformers 5.5, rotary ``inv_freq``). Some releases (5.0) build the model on the meta
+    device without tying its LM head to the embedding; it is tied here when the config asks for it."""
     from transformers import AutoModelForCausalLM
 
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
@@ -109,7 +115,8 @@ def weight_bytes(config: PretrainedConfig, dtype: str | torch.dtype = "float32")
         raise UsageError(f"cannot build the model of model_type {getattr(config, 'model_type', '?')!r} to "
                          f"count its weights ({' '.join(str(exc).split())[:160]}): use a config transformers "
                          "knows, or leave out --device-memory") from None
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    model.tie_weights()  # a no-op where from_config tied them already, or the config unties them
+    tensors = {id(t): t for t in model.state_dict(keep_vars=True).values()}
     return sum(t.numel() * (torch_dtype.itemsize if t.is_floating_point() else t.element_size())
                for t in tensors.values())
 

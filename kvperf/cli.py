@@ -195,7 +195,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     thresholds = _thresholds(args)
     comparison = compare(load_baseline(args.baseline), load_baseline(args.current), thresholds=thresholds,
                          timings=args.timings, allow_env_mismatch=args.allow_env_mismatch,
-                         max_cpu_wait=args.max_cpu_wait, allow_partial=args.allow_partial)
+                         max_cpu_wait=args.max_cpu_wait, allow_partial=args.allow_partial,
+                         gate_output=args.gate_output)
     return _print_comparison(comparison, args)
 
 
@@ -209,6 +210,9 @@ def _add_partial(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-partial", action="store_true",
                    help="compare only the cases both runs have: cases missing from the current run or new in it "
                         "are listed instead of refused (at least one case must be in both)")
+    p.add_argument("--gate-output", action="store_true",
+                   help="a case whose generated token ids changed is a regression (default: a note that the "
+                        "output changed)")
 
 
 def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -274,7 +278,7 @@ def _cmd_ab(args: argparse.Namespace) -> int:
         # The two sides may differ in software on purpose (a torch upgrade): compare anyway, and say how.
         return compare(load_baseline(baseline_json), load_baseline(current_json), thresholds=thresholds,
                        timings="gate", allow_env_mismatch=True, max_cpu_wait=args.max_cpu_wait,
-                       allow_partial=args.allow_partial)
+                       allow_partial=args.allow_partial, gate_output=args.gate_output)
 
     def run_cases(cases: Sequence[tuple[str, str]], extra: Sequence[str], retry_out: Path) -> AbRun:
         return run_ab(sides[0], sides[1], retry_out, [*pytest_args, *extra], cpus=cpus,

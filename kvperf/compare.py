@@ -41,8 +41,9 @@ from typing import Any, Literal
 
 from kvperf.baseline import Baseline, CaseKey
 from kvperf.case_coverage import check_coverage, coverage_notes
-from kvperf.env import mismatched_fields
+from kvperf.env import mismatched_fields, version_changes
 from kvperf.errors import BadInputError, UsageError
+from kvperf.fingerprint import OUTPUT_METRIC, OutputChange, output_changes, output_notes, output_verdict_note
 from kvperf.stats import median, ratio_interval, stable_seed
 
 __all__ = [
@@ -203,6 +204,10 @@ class Comparison:
     new_cases: tuple[CaseKey, ...] = ()
     #: How option names are spelled in messages (``--`` for the CLI, ``--kvperf-`` for pytest).
     flag_prefix: str = "--"
+    #: Cases whose generated token ids changed (``kvperf.fingerprint``), and the library versions that
+    #: differ between the two environments, e.g. ``transformers 4.57.6 -> 5.24.0``.
+    output_changes: tuple[OutputChange, ...] = ()
+    version_changes: tuple[str, ...] = ()
 
     @property
     def regressions(self) -> list[Verdict]:
@@ -248,6 +253,8 @@ class Comparison:
                 "cases": self.case_counts(), "timings": {"required": self.timings_required, **self.timing_counts()},
                 "missing_cases": [list(k) for k in self.missing_cases],
                 "new_cases": [list(k) for k in self.new_cases],
+                "version_changes": list(self.version_changes),
+                "output_changes": [asdict(c) for c in self.output_changes],
                 "verdicts": [asdict(v) for v in self.verdicts]}
 
 
@@ -363,6 +370,7 @@ def compare(
     max_cpu_wait: float = MAX_CPU_WAIT,
     flag_prefix: str = "--",
     allow_partial: bool = False,
+    gate_output: bool = False,
 ) -> Comparison:
     """Verdicts for every case and metric of ``current`` against ``baseline``.
 
@@ -373,7 +381,8 @@ def compare(
     timings. ``flag_prefix`` spells option names in messages
     (``--`` for the CLI, ``--kvperf-`` for pytest). Raises ``BadInputError`` for environments that
     differ in a field that matters, unless ``allow_env_mismatch``; for files with no case in common;
-    and for cases in one file only, unless ``allow_partial``.
+    and for cases in one file only, unless ``allow_partial``. A case whose generated tokens changed is a
+    note, or with ``gate_output`` a ``regressed`` verdict of the ``output`` metric (``kvperf.fingerprint``).
     """
     limits = {**default_thresholds(current.environment.device_type), **(thresholds or {})}
     missing, new = check_coverage(baseline, current, allow_partial=allow_partial, flag_prefix=flag_prefix)
@@ -403,6 +412,11 @@ def compare(
             shown = " and ".join(f"{v:.2f} during the {side} run" for side, v in busy.items() if v is not None)
             notes.append(f"other processes used {shown} (CPU cores, on average): on a shared machine timings "
                          "drift between runs by more than their rounds show; read timing verdicts with care")
+    changes = output_changes(baseline, current)
+    notes.extend(output_notes(baseline, current, changes, gated=gate_output))
+    if gate_output:
+        verdicts.extend(Verdict(case=c.case, model=c.model, metric=OUTPUT_METRIC, verdict="regressed",
+                                note=output_verdict_note(c)) for c in changes)
     for side, result in (("baseline", baseline), ("current", current)):
         if result.foreign_benchmarks:
             notes.append(f"{result.foreign_benchmarks} non-kvperf benchmark(s) in the {side} file not compared")
@@ -410,7 +424,8 @@ def compare(
                       verdicts=tuple(verdicts), timings_compared=timings_compared, notes=tuple(notes),
                       timings_required=timings == "gate",
                       compared_cases=len(baseline.cases.keys() & current.cases.keys()),
-                      missing_cases=missing, new_cases=new, flag_prefix=flag_prefix)
+                      missing_cases=missing, new_cases=new, flag_prefix=flag_prefix, output_changes=changes,
+                      version_changes=tuple(version_changes(baseline.environment, current.environment)))
 
 
 def _others(result: Baseline) -> float | None:

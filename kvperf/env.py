@@ -43,6 +43,7 @@ __all__ = [
     "current_environment",
     "fields_that_matter",
     "mismatched_fields",
+    "version_changes",
 ]
 
 #: Fields that can change a deterministic metric (FLOP counts, KV bytes, CPU peak memory).
@@ -113,6 +114,17 @@ def mismatched_fields(baseline: Environment, current: Environment, *, timings: b
     """``field (baseline -> current)`` for every field that matters and differs."""
     return [f"{name} ({getattr(baseline, name)!r} -> {getattr(current, name)!r})"
             for name in fields_that_matter(current, timings=timings)
+            if getattr(baseline, name) != getattr(current, name)]
+
+
+#: The software whose versions a comparison names when they differ, and how it names them.
+_LIBRARIES = (("python_version", "Python"), ("torch_version", "torch"), ("transformers_version", "transformers"))
+
+
+def version_changes(baseline: Environment, current: Environment) -> list[str]:
+    """``transformers 4.57.6 -> 5.24.0`` for every library (Python, torch, transformers) whose version
+    differs between two environments."""
+    return [f"{label} {getattr(baseline, name)} -> {getattr(current, name)}" for name, label in _LIBRARIES
             if getattr(baseline, name) != getattr(current, name)]
 
 

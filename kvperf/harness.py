@@ -42,6 +42,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
+from kvperf.fingerprint import output_sha256
 from kvperf.kv_size import measure_cache_bytes, returned_cache
 from kvperf.memory import PeakMemory, measure_peak
 from kvperf.prompts import make_prompts, pad_token_id
@@ -121,6 +122,8 @@ class GenerationTiming:
     e2e_cpu_s: float = float("nan")
     ttft_cpu_s: float = float("nan")
     itl_cpu_s: tuple[float, ...] = ()
+    #: SHA-256 of the generated token ids (``kvperf.fingerprint.output_sha256``).
+    output_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,9 @@ class GenerationResult:
     peak_kv_cache_bytes: int | None = None
     peak_activations_bytes: int | None = None
     peak_memory_note: str | None = None
+    #: SHA-256 of the token ids the timed call generated (``kvperf.fingerprint``): the same in every round
+    #: of a case in one environment (greedy, seeded), so a comparison can tell when the output changed.
+    output_sha256: str | None = None
 
     @property
     def itl_p50_s(self) -> float:
@@ -222,13 +228,28 @@ def _device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
 
 
+#: What ``generate`` keeps on a model between static-cache calls, by release: from 5.15 the largest
+#: ``max_cache_len`` of earlier calls (``_previous_max_cache_length``), before it the static cache
+#: itself (``_cache``), reused and reset whenever it is at least as long and as wide as the new call needs.
+_STATIC_CACHE_MEMORY = ("_previous_max_cache_length", "_cache")
+
+
+def forget_static_cache(model: PreTrainedModel) -> None:
+    """Make the next static ``generate`` call on ``model`` build a cache sized for its own spec alone.
+
+    transformers keeps, on the model, either the static cache of an earlier call or its length, so
+    that ``torch.compile`` is spared a recompilation. kvperf does not compile, and a case's KV bytes
+    and peak memory must not depend on which cases ran before it. Whatever of the two this release
+    keeps is dropped (both are looked for: a feature, not a version number, decides)."""
+    for name in _STATIC_CACHE_MEMORY:
+        if name in vars(model):
+            delattr(model, name)
+
+
 def _generate(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
               attention_mask: torch.Tensor, **extra: Any) -> Any:
-    if spec.cache == "static" and hasattr(model, "_previous_max_cache_length"):
-        # generate() sizes a static cache to the largest length any earlier static call on this model
-        # used (to spare torch.compile a recompilation). kvperf does not compile, and a case's memory
-        # must not depend on which cases ran before it: size the cache for this spec alone.
-        del model._previous_max_cache_length
+    if spec.cache == "static":
+        forget_static_cache(model)
     generate: Any = model.generate  # typed as a Tensor attribute by torch's nn.Module stubs
     return generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs(model, spec), **extra)
 
@@ -280,6 +301,7 @@ def time_generation(
         e2e_cpu_s=end_cpu - start_cpu,
         ttft_cpu_s=clock.cpu_stamps_s[0] - start_cpu,
         itl_cpu_s=tuple(b - a for a, b in pairwise(clock.cpu_stamps_s)),
+        output_sha256=output_sha256(out.sequences, input_ids.shape[1]),
     )
 
 
@@ -316,6 +338,7 @@ def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: Gen
         peak_kv_cache_bytes=peak.peak_kv_cache_bytes if peak is not None else None,
         peak_activations_bytes=peak.peak_activations_bytes if peak is not None else None,
         peak_memory_note=peak.note if peak is not None else "peak memory was not measured",
+        output_sha256=timing.output_sha256,
     )
 
 

@@ -18,7 +18,9 @@ K and V are two tensors of ``(B, H, positions, D)`` per layer. Per layer, transf
   length ``R``, axis 0): the prefill is quantized at once; each decode step appends to a
   full-precision residual, and when the residual would reach ``R`` tokens everything is
   re-quantized and the residual emptied. After ``n = S - prompt_len`` decode steps the residual
-  holds ``r = n mod R`` tokens (``r = 0`` when ``R <= 1``), the quantized part ``Q = S - r``.
+  holds ``r = n mod C`` tokens, the quantized part ``Q = S - r``. The cycle ``C`` is ``R`` when
+  ``R >= 2``; when ``R <= 1`` it is 1 (no residual) from transformers 5.20 and 2 before
+  (``kvperf.features.quanto_residual_cycle``, probed on the installed release).
   For each of K and V the quantized part is ``g = B·H·Q·D / G`` groups (quanto requires ``G`` to
   divide ``H·Q·D``), stored as ``ceil(g / (8 / nbits))·G`` bytes of packed integers plus ``g`` scales
   and ``g`` zero points in the dtype (``G`` of each when ``g == 1``: quanto then quantizes per
@@ -41,6 +43,7 @@ import torch
 from transformers import PretrainedConfig
 
 from kvperf.errors import UsageError
+from kvperf.features import quanto_residual_cycle
 from kvperf.spec import GenerationSpec, parse_dtype
 
 __all__ = [
@@ -242,7 +245,8 @@ def estimate_kv_cache(
     appended one per decode step. Only sliding layers (when no decode step ran) and the quantized
     cache (which positions are still in the residual) depend on it. When omitted, it is the prompt
     that leaves the most full-precision residual after at least one decode step:
-    ``max(1, seq_len - residual_length + 1)`` (``seq_len - 1`` for the other caches), at most ``seq_len``.
+    ``max(1, seq_len - C + 1)`` with ``C`` the residual's cycle (``residual_length`` from 2 up, see the
+    module doc), ``seq_len - 1`` for the other caches, at most ``seq_len``.
     ``max_cache_len`` applies to the static cache and defaults to ``seq_len``.
     """
     shape = config if isinstance(config, KvShape) else KvShape.from_config(config)
@@ -254,8 +258,9 @@ def estimate_kv_cache(
         raise UsageError(f"unknown cache {cache!r}: use one of {', '.join(CACHE_KINDS)}")
     quant = quantization or Quantization()
     if prompt_len is None:
-        residual = quant.residual_length if cache == "quantized" and quant.backend == "quanto" else 2
-        prompt_len = min(seq_len, max(1, seq_len - residual + 1))
+        quanto = cache == "quantized" and quant.backend == "quanto"
+        cycle = quanto_residual_cycle(quant.residual_length) if quanto else 2
+        prompt_len = min(seq_len, max(1, seq_len - cycle + 1))
     if not 1 <= _positive("prompt_len", prompt_len) <= seq_len:
         raise UsageError(f"prompt_len {prompt_len} must be in [1, seq_len = {seq_len}]")
     if max_cache_len is None:
@@ -275,7 +280,7 @@ def estimate_kv_cache(
         else:
             bytes_per_token = full_bytes * (quant.nbits / 8 + 2 * itemsize / quant.q_group_size)
             decode_steps = seq_len - prompt_len
-            residual = decode_steps % quant.residual_length if quant.residual_length > 1 else 0
+            residual = decode_steps % quanto_residual_cycle(quant.residual_length)
             layer = 2 * (_quanto_tensor_bytes(shape, batch_size, seq_len - residual, quant, itemsize)
                          + shape.tensor_elements(batch_size, residual) * itemsize)
         layer_bytes = (layer,) * shape.num_layers

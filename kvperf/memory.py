@@ -27,7 +27,7 @@ Peak memory is reported in parts (``PeakMemory``), so that a user sees what the 
 * ``weights_bytes``: the model's parameters and buffers, each storage once;
 * ``peak_above_weights_bytes``: what the call itself had allocated and alive at its peak;
 * of that, ``peak_kv_cache_bytes``: the storages the model's cache held at that moment (the cache is
-  read from the ``past_key_values`` that ``generate`` passes to the model's forward), and
+  the one that the model and its modules are given, see ``_CacheWatch``), and
   ``peak_activations_bytes``: everything else (activations, logits, masks, the output ids).
 
 The CPU measure runs every operation through Python, so the harness takes it in a separate, untimed
@@ -158,14 +158,23 @@ class LiveTensorBytes(TorchDispatchMode):  # type: ignore[misc]
 
 
 class _CacheWatch:
-    """Keeps the ``past_key_values`` that ``generate`` passes to the model's forward, to tell which
-    storages are the cache's at any moment."""
+    """Keeps the cache that the model's modules are given, to tell which storages are the cache's at
+    any moment.
+
+    Every module is watched, not only the model's forward: ``generate`` passes its cache to the
+    forward on most releases, but on some (5.0) it passes none for the prefill, and the model builds
+    its ``DynamicCache`` inside its forward and hands it to its layers (positionally to GPT-2's blocks,
+    by keyword to their attention)."""
 
     def __init__(self) -> None:
         self.cache: Any = None
 
     def hook(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        from transformers.cache_utils import Cache
+
         cache = returned_cache(kwargs)
+        if cache is None:
+            cache = next((arg for arg in args if isinstance(arg, Cache)), None)
         if cache is not None:
             self.cache = cache
 
@@ -197,12 +206,13 @@ def measure_peak(fn: Callable[[], T], model: nn.Module) -> tuple[T, PeakMemory]:
         return result, PeakMemory(weights, above, None, None, "cuda-allocator",
                                   "the CUDA allocator does not record which tensors were alive at its peak")
     watch = _CacheWatch()
-    handle = model.register_forward_pre_hook(watch.hook, with_kwargs=True)
+    handles = [module.register_forward_pre_hook(watch.hook, with_kwargs=True) for module in model.modules()]
     try:
         with LiveTensorBytes(attribute=watch.storages) as counter:
             result = fn()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     kv = counter.peak_attributed_bytes
     return result, PeakMemory(weights, counter.peak_bytes, kv, counter.peak_bytes - kv, "cpu-storages")
 

@@ -4,7 +4,8 @@ A case that does not fit is a fact about the machine, not a bug: under pytest it
 size in the reason and the session goes on; ``kvperf run`` says so in one line (exit 5). It shows up
 in three ways:
 
-* CUDA: ``torch.OutOfMemoryError`` (``torch.cuda.OutOfMemoryError`` is the same class). The tensors
+* CUDA: ``torch.cuda.OutOfMemoryError`` (recent torch also exports it as ``torch.OutOfMemoryError``, the
+  same class; kvperf uses the older name, which older torch releases have too). The tensors
   of the failed call stay referenced from the traceback's frames, and the caching allocator keeps the
   freed blocks for itself, so both are released before the next case runs.
 * CPU: torch's allocator raises a ``RuntimeError`` whose message holds
@@ -33,7 +34,7 @@ CPU_ALLOCATOR_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "Default
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation failure of torch (CPU or CUDA) or of Python."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(exc, RuntimeError) and any(text in str(exc) for text in CPU_ALLOCATOR_MESSAGES)
 

@@ -10,11 +10,12 @@ as such ("timings: 12 of 96 tested, 84 too noisy"). Names from the files are esc
 from __future__ import annotations
 
 from kvperf.compare import METRICS, Comparison, Verdict
+from kvperf.fingerprint import OUTPUT_METRIC
 from kvperf.text import md_code, md_text, terminal_safe
 
 __all__ = ["render_markdown", "render_table", "scope", "verdict_line"]
 
-_METRIC_LABEL = {m.name: m.label for m in METRICS}
+_METRIC_LABEL = {**{m.name: m.label for m in METRICS}, OUTPUT_METRIC: "output"}
 _METRIC_UNIT = {m.name: m.unit for m in METRICS}
 _MARK = {"regressed": "❌ regressed", "improved": "✅ improved", "unchanged": "unchanged", "new": "🆕 new",
          "missing": "⚠️ missing"}
@@ -112,6 +113,8 @@ def render_table(comparison: Comparison, *, everything: bool = False) -> str:
     ``everything``), then the counts and the notes."""
     rows = _rows(comparison, everything)
     lines = [terminal_safe(f"kvperf compare: {comparison.baseline_source} -> {comparison.current_source}")]
+    if comparison.version_changes:
+        lines.append(terminal_safe(f"versions differ: {', '.join(comparison.version_changes)}"))
     rows = [[terminal_safe(cell) for cell in row] for row in rows]
     if rows:
         widths = [max(len(row[i]) for row in [_HEADER, *rows]) for i in range(len(_HEADER))]
@@ -140,6 +143,8 @@ def render_markdown(comparison: Comparison) -> str:
              "pass": "✅ No performance regression"}[comparison.outcome]
     lines = [f"### kvperf: {title}", "",
              f"Baseline {md_code(comparison.baseline_source)}, current {md_code(comparison.current_source)}.", "",
+             *([f"**Versions differ:** {md_text(', '.join(comparison.version_changes))}.", ""]
+               if comparison.version_changes else []),
              f"**{md_text(scope(comparison))}.** {_summary(comparison)}.", ""]
     if comparison.outcome == "untested":
         lines += [md_text(verdict_line(comparison).removeprefix("verdict: ")), ""]

@@ -67,3 +67,19 @@ def test_help_documents_the_exit_codes(argv, capsys):
     assert "1 a regression was found" in text or "1 at least one regression" in text
     assert "8" in text and "none could be tested" in text and "not a pass" in text
     assert "--allow-partial" in text
+
+
+def test_gate_output_makes_a_changed_output_exit_1(tmp_path: Path, capsys):
+    base = write(tmp_path / "base.json", result_json({CASE: {**info(BASE), "output_sha256": "a" * 64}}))
+    changed = write(tmp_path / "changed.json", result_json({CASE: {**info(BASE), "output_sha256": "b" * 64}}))
+    assert main(["compare", str(base), str(changed)]) == 0
+    assert "note: the output changed in 1 of 1 case(s)" in capsys.readouterr().out
+    assert main(["compare", str(base), str(changed), "--gate-output"]) == 1
+    out = capsys.readouterr().out
+    assert "generated token ids changed (sha256 aaaaaaaaaaaa -> bbbbbbbbbbbb)" in out
+    assert out.splitlines()[-1].startswith("verdict: REGRESSION")
+
+
+def test_ab_takes_gate_output_too():
+    assert build_parser().parse_args(["ab", "--gate-output"]).gate_output is True
+    assert build_parser().parse_args(["ab"]).gate_output is False

@@ -314,3 +314,60 @@ def test_markdown_and_json_output():
     clean = compare(run({CASE: info(BASE)}), run({CASE: info(BASE)}))
     assert render_markdown(clean).startswith("### kvperf: ✅ No performance regression\n")
     assert render_table(clean).splitlines()[-1] == "verdict: no regression (1 case compared; timings: 4 of 4 tested)"
+
+
+# --- library versions and the output fingerprint ------------------------------------------------------------
+
+HASH_A, HASH_B = "a" * 64, "b" * 64
+
+
+def hashed(output_sha256: str, distinct: int = 1) -> dict[str, Any]:
+    return {**info(BASE), "output_sha256": output_sha256, "output_sha256_distinct": distinct}
+
+
+def test_two_environments_name_the_library_versions_that_differ_at_the_top():
+    older = replace(ENV, transformers_version="4.57.6", python_version="3.10")
+    comparison = compare(run({CASE: info(BASE)}, env=older, source="old.json"), run({CASE: info(BASE)}),
+                         allow_env_mismatch=True)
+    assert comparison.version_changes == ("Python 3.10 -> 3.11", "transformers 4.57.6 -> 5.23.0")
+    lines = render_table(comparison).splitlines()
+    assert lines[:2] == ["kvperf compare: old.json -> run", "versions differ: Python 3.10 -> 3.11, transformers "
+                                                            "4.57.6 -> 5.23.0"]
+    # Markdown escapes the arrow's ">" (it could open HTML); CommonMark shows it as itself.
+    assert r"**Versions differ:** Python 3.10 -\> 3.11, transformers 4.57.6 -\> 5.23.0." in render_markdown(comparison)
+    assert comparison.to_json()["version_changes"] == ["Python 3.10 -> 3.11", "transformers 4.57.6 -> 5.23.0"]
+    same = compare(run({CASE: info(BASE)}), run({CASE: info(BASE)}))
+    assert same.version_changes == () and not render_table(same).splitlines()[1].startswith("versions differ")
+
+
+def test_a_changed_output_is_a_note_not_a_regression():
+    comparison = compare(run({CASE: hashed(HASH_A), OTHER: hashed(HASH_A)}),
+                         run({CASE: hashed(HASH_B), OTHER: hashed(HASH_A)}))
+    assert comparison.exit_code == 0 and not comparison.regressions
+    assert [(c.case, c.baseline_sha256, c.current_sha256) for c in comparison.output_changes] == [
+        (CASE, HASH_A, HASH_B)]
+    assert comparison.notes == (f"the output changed in 1 of 2 case(s): the generated token ids differ from the "
+                                f"baseline's ({CASE}); a note, not a regression (kvperf compare and kvperf ab fail "
+                                "on it with --gate-output)",)
+    assert "note: the output changed in 1 of 2 case(s)" in render_table(comparison)
+    assert comparison.to_json()["output_changes"] == [{"case": CASE, "model": "tiny-gpt2", "baseline_sha256": HASH_A,
+                                                       "current_sha256": HASH_B}]
+
+
+def test_a_changed_output_is_a_regression_when_gated():
+    comparison = compare(run({CASE: hashed(HASH_A)}), run({CASE: hashed(HASH_B)}), gate_output=True)
+    assert comparison.exit_code == 1
+    [verdict] = comparison.regressions
+    assert (verdict.case, verdict.metric, verdict.verdict) == (CASE, "output", "regressed")
+    assert verdict.note == "generated token ids changed (sha256 aaaaaaaaaaaa -> bbbbbbbbbbbb)"
+    assert f"{CASE}  output" in render_table(comparison)
+    assert compare(run({CASE: hashed(HASH_A)}), run({CASE: hashed(HASH_A)}), gate_output=True).exit_code == 0
+
+
+def test_an_output_that_varied_between_rounds_or_was_not_recorded_is_not_compared():
+    varied = compare(run({CASE: hashed(HASH_A)}), run({CASE: hashed(HASH_B, distinct=2)}), gate_output=True)
+    assert varied.exit_code == 0 and varied.output_changes == ()
+    assert varied.notes == (f"the output varied between the timed rounds of 1 case(s) of the current run (not "
+                            f"deterministic there), so it was not compared: {CASE}",)
+    older_kvperf = compare(run({CASE: info(BASE)}), run({CASE: hashed(HASH_B)}), gate_output=True)
+    assert older_kvperf.exit_code == 0 and older_kvperf.output_changes == () and older_kvperf.notes == ()

@@ -35,6 +35,20 @@ def test_kv_bytes_match_the_cached_positions(model):
     assert result.kv_cache_bytes == 2 * 2 * 2 * 64 * (16 + 9 - 1) * 4
 
 
+def test_output_hash_is_the_generated_tokens_and_the_same_with_every_cache(model):
+    """The fingerprint of a call: equal across calls and cache modes (the cache must not change greedy
+    tokens in float32), different for other prompts."""
+    spec = GenerationSpec(batch_size=2, prompt_len=16, new_tokens=9)
+    first, again = (run_generation(model, spec, warmup_runs=0, measure_memory=False) for _ in range(2))
+    assert first.output_sha256 is not None and len(first.output_sha256) == 64
+    assert first.output_sha256 == again.output_sha256
+    for cache in ("off", "static"):
+        other = GenerationSpec(cache=cache, batch_size=2, prompt_len=16, new_tokens=9)
+        assert run_generation(model, other, warmup_runs=0, measure_memory=False).output_sha256 == first.output_sha256
+    reseeded = GenerationSpec(batch_size=2, prompt_len=16, new_tokens=9, seed=1)
+    assert run_generation(model, reseeded, warmup_runs=0, measure_memory=False).output_sha256 != first.output_sha256
+
+
 def test_static_cache_is_sized_for_each_spec_alone(model):
     """generate() would reuse the largest static length of earlier calls; kvperf must not."""
     run_generation(model, GenerationSpec(cache="static", prompt_len=64, new_tokens=9), warmup_runs=0)

@@ -11,7 +11,6 @@ layers' ``w - 1`` view instead of their storage, query heads instead of KV heads
 from __future__ import annotations
 
 import functools
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,6 +32,7 @@ from transformers import (
 
 from kvperf.configs import SmallConfig, build_model, small_configs
 from kvperf.errors import UsageError
+from kvperf.features import missing_quantized_backend, quanto_residual_cycle
 from kvperf.harness import run_generation
 from kvperf.kv_size import (
     KvShape,
@@ -49,7 +49,8 @@ from kvperf.models import PRESETS, load_model
 from kvperf.prompts import make_prompts
 from kvperf.spec import GenerationSpec
 
-HAS_QUANTO = importlib.util.find_spec("optimum.quanto") is not None
+NO_FP8 = missing_quantized_backend("fp8")
+NO_QUANTO = missing_quantized_backend("quanto")
 FULL_ATTENTION_FAMILIES = ("gpt2", "llama", "gpt_bigcode", "falcon")
 Formula = Callable[..., KvSizeEstimate]
 
@@ -157,20 +158,21 @@ def test_formula_equals_static_cache(case: SizeCase) -> None:
     assert mismatch is None, mismatch
 
 
+@pytest.mark.skipif(NO_FP8 is not None, reason=str(NO_FP8))
 @given(case=size_cases("quantized", FULL_ATTENTION_FAMILIES, backend="fp8"))
 def test_formula_equals_fp8_quantized_cache(case: SizeCase) -> None:
     mismatch = size_mismatch(case)
     assert mismatch is None, mismatch
 
 
-@pytest.mark.skipif(not HAS_QUANTO, reason="optimum-quanto is not installed: pip install 'kvperf[quantized]'")
+@pytest.mark.skipif(NO_QUANTO is not None, reason=str(NO_QUANTO))
 @given(case=size_cases("quantized", FULL_ATTENTION_FAMILIES, backend="quanto"))
 def test_formula_equals_quanto_quantized_cache(case: SizeCase) -> None:
     mismatch = size_mismatch(case)
     assert mismatch is None, mismatch
 
 
-@pytest.mark.skipif(not HAS_QUANTO, reason="optimum-quanto is not installed: pip install 'kvperf[quantized]'")
+@pytest.mark.skipif(NO_QUANTO is not None, reason=str(NO_QUANTO))
 def test_quanto_single_group_keeps_a_scale_per_element_of_the_group() -> None:
     """One group in all (B·H·Q·D == G): quanto reduces over the other axis, so G scales, not 1, and a
     single row of G integers cannot be packed two to a byte."""
@@ -194,14 +196,22 @@ def test_static_cache_keeps_the_longest_length_of_earlier_calls() -> None:
     assert measured != estimate_kv_cache(model.config, 2, short.seq_len, cache="static").layer_bytes
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "static", "quantized"])
+#: The quantized caches of the presets: fp8, and quanto with a group size that divides every preset's
+#: kv_heads x head_dim and a residual that a 4-token generation fills and empties.
+PRESET_QUANTIZATIONS = {"fp8": Quantization("fp8"), "quanto": Quantization("quanto", 4, 32, 3)}
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static", "quantized-fp8", "quantized-quanto"])
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_agree_to_the_byte(preset: str, cache: str) -> None:
-    """The presets at small sizes (full-tier sizes: see the issue-3 note); quantized is fp8."""
+    """The presets at small sizes (full-tier sizes: see the issue-3 note), every cache kind."""
+    cache, _, backend = cache.partition("-")
+    if backend and (missing := missing_quantized_backend(backend)):
+        pytest.skip(missing)
     model = _preset(preset)
     for batch, left_pad in ((1, (0,)), (4, (0, 3, 0, 7))):
         case = SizeCase(SmallConfig("gpt2", 1, 1, 1, 4, 32), "float32", cache, batch, 16, 4, left_pad,
-                        Quantization("fp8") if cache == "quantized" else None)
+                        PRESET_QUANTIZATIONS[backend] if backend else None)
         measured = measure_layer_bytes(returned_cache(_generate(model, case)))
         estimate = estimate_kv_cache(model.config, batch, case.seq_len, cache=cache, prompt_len=16,
                                      quantization=case.quantization)
@@ -315,9 +325,24 @@ def test_default_prompt_leaves_the_residual_full() -> None:
     shape = KvShape("llama", 1, 1, 64, (None,))
     by_default = estimate_kv_cache(shape, 1, 1000, cache="quantized")
     assert by_default == estimate_kv_cache(shape, 1, 1000, cache="quantized", prompt_len=1000 - 127)
+    # R = 0: no residual from transformers 5.20 (cycle 1); one token at most before (cycle 2).
     no_residual = Quantization(residual_length=0)
+    most = quanto_residual_cycle(0) - 1
     assert estimate_kv_cache(shape, 1, 1000, cache="quantized", quantization=no_residual) == estimate_kv_cache(
-        shape, 1, 1000, cache="quantized", prompt_len=1000, quantization=no_residual)
+        shape, 1, 1000, cache="quantized", prompt_len=1000 - most, quantization=no_residual)
+
+
+@pytest.mark.skipif(NO_QUANTO is not None, reason=str(NO_QUANTO))
+@pytest.mark.parametrize("residual_length", [0, 1, 2])
+def test_quanto_residual_cycle_is_the_installed_release_s(residual_length: int) -> None:
+    """The probed cycle is what transformers' quanto cache does: after 1 to 4 decode steps the formula,
+    whose residual holds (steps mod cycle) tokens, equals the measured cache. A wrong cycle for R <= 1
+    (1 where it is 2, or the reverse) is off by one residual token after an odd number of steps."""
+    small = SmallConfig("llama", 1, 2, 1, 8, 32)
+    quantization = Quantization("quanto", 4, 8, residual_length)
+    for new_tokens in range(2, 6):
+        case = SizeCase(small, "float32", "quantized", 1, 3, new_tokens, (0,), quantization)
+        assert size_mismatch(case) is None, (residual_length, new_tokens, quanto_residual_cycle(residual_length))
 
 
 def test_estimate_to_dict_is_flat_json() -> None:

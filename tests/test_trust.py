@@ -18,6 +18,7 @@ user's call does not do (``min_new_tokens``: +5% TPOT on distilgpt2), breaks the
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from itertools import pairwise
@@ -33,7 +34,7 @@ from kvperf.memory import SCRATCH_TOLERANCE_BYTES, allocator_peak_bytes
 from kvperf.models import PRESETS, load_model
 from kvperf.prompts import make_prompts
 from kvperf.spec import GenerationSpec
-from kvperf.work import measure_work
+from kvperf.work import count_flops, measure_work
 
 CACHES = ("on", "off", "static")
 
@@ -70,32 +71,67 @@ def _layer_matmul_flops(config: Any, batch: int, queries: int) -> int:
     return qkv + out + mlp
 
 
-def _forward_flops(config: Any, batch: int, queries: int, keys: int) -> int:
+# What transformers computes differs between releases in two places that these counts see. Each is
+# probed on the installed release (a feature, not a version number), with a call too small to time.
+
+
+@functools.cache
+def static_prefill_attends_to_the_prompt_only() -> bool:
+    """Whether transformers' SDPA attention, in a causal prefill without a mask, slices a static cache's
+    preallocated keys and values down to the prompt (``sdpa_attention_forward``, from 5.14). Before,
+    the prefill attends over every preallocated position, the masked ones included."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = torch.nn.Module()
+    module.is_causal = True
+    query, keys = torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 4, 4)  # 2 prompt positions of 4 allocated
+    with count_flops() as counter:
+        sdpa_attention_forward(module, query, keys, keys, None)
+    return bool(counter.get_total_flops() == 2 * 2 * 2 * 2 * 4)  # QK^T and AV over 2 keys, not 4
+
+
+@functools.cache
+def rotary_matmul_flops_per_position(model: Any) -> int:
+    """FLOPs a Llama's rotary embedding counts per position per row: ``2 x head_dim / 2`` where the
+    release computes the angles with a matmul of the frequencies and the positions (before 5.15),
+    0 where it multiplies them element-wise."""
+    rotary = model.model.rotary_emb
+    positions = torch.arange(8)[None, :]
+    with count_flops() as counter:
+        rotary(torch.zeros(1, 8, model.config.hidden_size), positions)
+    return counter.get_total_flops() // 8
+
+
+def _forward_flops(model: Any, batch: int, queries: int, keys: int) -> int:
     """One forward pass: every layer's matmuls, attention over ``keys`` positions (QK^T and AV, for
-    every query head: a GQA model's shared KV heads are repeated), and the LM head on the last
-    position only (generate asks for ``logits_to_keep=1``)."""
+    every query head: a GQA model's shared KV heads are repeated), the LM head on the last position
+    only (generate asks for ``logits_to_keep=1``), and a Llama's rotary angles where they are a matmul."""
+    config = model.config
     heads = config.num_attention_heads
     dim = config.n_embd // config.n_head if config.model_type == "gpt2" else config.head_dim
     attention = 2 * 2 * batch * heads * queries * keys * dim
     lm_head = 2 * batch * config.hidden_size * config.vocab_size
-    return config.num_hidden_layers * (_layer_matmul_flops(config, batch, queries) + attention) + lm_head
+    rotary = 0 if config.model_type == "gpt2" else rotary_matmul_flops_per_position(model) * batch * queries
+    return config.num_hidden_layers * (_layer_matmul_flops(config, batch, queries) + attention) + lm_head + rotary
 
 
-def analytic_flops(config: Any, spec: GenerationSpec) -> tuple[int, int]:
+def analytic_flops(model: Any, spec: GenerationSpec) -> tuple[int, int]:
     """(prefill, total) FLOPs of one generate call, from the shapes alone.
 
     Cache off: every step runs the whole sequence so far. Cache on: prefill runs the prompt, each
     decode step one position over everything cached. Static: the same, but decode attends over all
     ``prompt + new - 1`` preallocated positions (masked, still computed); prefill attends over the
-    prompt only (transformers slices the keys and values to the prompt since 5.15)."""
+    prompt only where the release slices the keys and values to the prompt (5.14 on), else over all
+    of them."""
     p, n, b = spec.prompt_len, spec.new_tokens, spec.batch_size
     if spec.cache == "off":
         steps = [(p + i, p + i) for i in range(n)]
     elif spec.cache == "on":
         steps = [(p, p)] + [(1, p + i) for i in range(1, n)]
     else:
-        steps = [(p, p)] + [(1, p + n - 1)] * (n - 1)
-    flops = [_forward_flops(config, b, q, k) for q, k in steps]
+        prefill_keys = p if static_prefill_attends_to_the_prompt_only() else p + n - 1
+        steps = [(p, prefill_keys)] + [(1, p + n - 1)] * (n - 1)
+    flops = [_forward_flops(model, b, q, k) for q, k in steps]
     return flops[0], sum(flops)
 
 
@@ -105,7 +141,7 @@ def test_flops_equal_the_analytic_count(models: dict[str, Any], preset: str, cac
     model = _model(models, preset)
     spec = GenerationSpec(cache=cache, batch_size=2, prompt_len=16, new_tokens=5)  # type: ignore[arg-type]
     work = measure_work(model, spec, *make_prompts(model, spec))
-    assert (work.prefill_flops, work.flops) == analytic_flops(model.config, spec)
+    assert (work.prefill_flops, work.flops) == analytic_flops(model, spec)
 
 
 # --- KV bytes ---------------------------------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""What the installed transformers release does, where kvperf's numbers depend on it: detected, not
+read from the version number.
+
+kvperf supports transformers 4.57 (the last 4.x line) through the newest 5.x. Most of what differs
+between them kvperf handles where it happens (the cache keyword, ``kvperf.kv_size.cache_kwarg``; the
+static cache a model keeps between calls, ``kvperf.harness.forget_static_cache``). What is left is
+here, each answer found by a probe of the installed code, so that a backport or a release that does
+things differently is still sized right:
+
+* ``quanto_residual_cycle``: how many decode steps the full-precision residual of a quantized cache
+  holds before it is folded into the quantized part. With ``residual_length`` R of 2 or more it is
+  R on every release; with R of 0 or 1, releases before 5.20 append one token to an empty residual
+  before they check its length (``QuantizedLayer.update``), so the residual empties every second step.
+* ``missing_quantized_backend``: the ``QuantizedCache`` backends kvperf sizes that this release (or
+  this environment) lacks: fp8 arrived in transformers 5.21; quanto needs optimum-quanto.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from typing import Any
+
+import torch
+
+__all__ = ["BACKEND_SINCE", "missing_quantized_backend", "quanto_residual_cycle"]
+
+#: The oldest transformers release with each ``QuantizedCache`` backend that kvperf supports.
+BACKEND_SINCE = {"quanto": "4.57", "fp8": "5.21"}
+#: The layer class of each backend in ``transformers.cache_utils``: its presence is the feature.
+_BACKEND_LAYER = {"quanto": "QuantoQuantizedLayer", "fp8": "Fp8QuantizedLayer"}
+
+
+def missing_quantized_backend(backend: str) -> str | None:
+    """``None`` when ``QuantizedCache(backend=...)`` can run here, else why not, naming the release or
+    the package it needs (a skip reason, or the text of an error)."""
+    from transformers import __version__, cache_utils
+
+    if getattr(cache_utils, _BACKEND_LAYER[backend], None) is None:
+        return (f"the {backend} backend of transformers' QuantizedCache needs transformers "
+                f"{BACKEND_SINCE[backend]} or newer (this is {__version__}): pip install -U transformers")
+    if backend == "quanto" and importlib.util.find_spec("optimum.quanto") is None:
+        return "the quanto backend needs optimum-quanto, which is not installed: pip install 'kvperf[quantized]'"
+    return None
+
+
+@functools.cache
+def _appends_to_an_empty_residual() -> bool:
+    """Whether ``QuantizedLayer.update`` keeps a decode token in an empty residual of length limit 1.
+
+    Runs the installed ``QuantizedLayer`` with an identity "quantization" on a one-element cache: a
+    prefill, then one decode step, with ``residual_length=1``. Releases from 5.20 fold the token into
+    the quantized part at once; older ones keep it in the residual."""
+    from transformers.cache_utils import QuantizedLayer
+
+    class _Identity(QuantizedLayer):  # type: ignore[misc]
+        def _quantize(self, tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:
+            return tensor
+
+        def _dequantize(self, q_tensor: torch.Tensor) -> torch.Tensor:
+            return q_tensor
+
+    layer: Any = _Identity(residual_length=1)
+    state = torch.zeros(1, 1, 1, 1)
+    layer.update(state, state)  # prefill: quantized at once
+    layer.update(state, state)  # one decode step
+    keys = layer.keys
+    return isinstance(keys, torch.Tensor) and keys.dim() == 4 and keys.shape[-2] == 1
+
+
+def quanto_residual_cycle(residual_length: int) -> int:
+    """Decode steps after which the quantized cache's full-precision residual is empty again: after
+    ``n`` decode steps it holds ``n mod cycle`` tokens.
+
+    ``residual_length`` when it is 2 or more; for 0 and 1, 1 (every token is quantized at once) from
+    transformers 5.20, 2 before (see the module docstring; probed, not read from the version)."""
+    if residual_length >= 2:
+        return residual_length
+    return 2 if _appends_to_an_empty_residual() else 1
