@@ -37,7 +37,7 @@ from kvperf.baseline import (
     write_fallback,
 )
 from kvperf.bench import SCHEMA_VERSION
-from kvperf.compare import EXIT_UNTESTED, Comparison, TimingMode, compare, parse_thresholds
+from kvperf.compare import EXIT_UNTESTED, TIMING_MODES, Comparison, TimingMode, compare, parse_thresholds
 from kvperf.env import Environment, current_environment, mismatched_fields
 from kvperf.errors import EXIT_NOTHING_COMPARED, EXIT_SAVE_FAILED, KvperfError
 from kvperf.plugin import CONFIG_KEY
@@ -78,9 +78,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "fail the session on a regression")
     group.addoption("--kvperf-threshold", action="append", default=[], metavar="METRIC=PCT",
                     help="regression threshold of one metric in percent, e.g. tpot=5 (repeatable)")
-    group.addoption("--kvperf-timings", choices=("gate", "auto", "skip"), default="gate",
-                    help="gate: compare timings (refuse another machine's baseline); auto: only when the "
-                         "machine matches; skip: deterministic metrics only (default gate)")
+    group.addoption("--kvperf-timings", choices=TIMING_MODES, default="report",
+                    help="report (default): gate on FLOPs, KV bytes and CPU peak memory, show the timings of a "
+                         "baseline from this machine without failing on them (on a shared machine they drift "
+                         "between runs by more than any useful threshold); gate: fail on timings too, for a "
+                         "dedicated runner (refuses another machine's baseline); auto: gate timings only when the "
+                         "machine matches; skip: deterministic metrics only")
     group.addoption("--kvperf-allow-env-mismatch", action="store_true", default=False,
                     help="compare against a baseline from a different environment anyway")
     group.addoption("--kvperf-allow-partial", action="store_true", default=False,
@@ -167,6 +170,8 @@ class _Gate:
     allow_partial: bool = False
     #: The save goes to the tier's default baseline (``baselines/<key>/<tier>.json`` of the project).
     save_is_default: bool = False
+    #: Why the baseline compared with is not this environment's own (``_default_baseline``).
+    baseline_note: str = ""
 
     @classmethod
     def from_pytest_config(cls, config: pytest.Config) -> _Gate:
@@ -197,23 +202,55 @@ class _Gate:
                                   "replace it on purpose, or --kvperf-save-baseline=DIR to save elsewhere")
             # Now, not after the whole run: a directory that can't be written would lose it.
             check_writable(save_path.parent)
-        baseline = None
+        baseline, baseline_note = None, ""
         if compare_to is not None:
-            path = baseline_path(default_dir, env.key(), tier) if compare_to == _DEFAULT else Path(compare_to)
-            if compare_to == _DEFAULT and not path.exists():
-                raise KvperfError(f"no baseline for this environment ({path}): save one first with "
-                                  "`pytest benchmarks --kvperf-save-baseline`, or pass --kvperf-compare=FILE")
-            baseline = load_baseline(path)
+            if compare_to == _DEFAULT:
+                path, baseline, baseline_note = _default_baseline(default_dir, env, tier)
+            else:
+                path = Path(compare_to)
+                baseline = load_baseline(path)
             if not gate.allow_env_mismatch:
                 _check_environment(path, baseline.environment, env, gate.timings)
         return cls(save_path=save_path, overwrite=gate.overwrite, baseline=baseline, thresholds=thresholds,
-                   timings=gate.timings, allow_env_mismatch=gate.allow_env_mismatch, save_is_default=save_is_default)
+                   timings=gate.timings, allow_env_mismatch=gate.allow_env_mismatch, allow_partial=gate.allow_partial,
+                   save_is_default=save_is_default, baseline_note=baseline_note)
+
+
+def _default_baseline(directory: Path, env: Environment, tier: str) -> tuple[Path, Baseline, str]:
+    """The baseline ``--kvperf-compare`` uses without a path: this environment's own
+    (``DIR/<key>/<tier>.json``), else a committed one of the same software and device, the same
+    hardware first (a fresh clone has no baseline of its own machine: it gets the deterministic
+    metrics gated against the reference, and its timings left out, never a false regression)."""
+    own = baseline_path(directory, env.key(), tier)
+    if own.exists():
+        return own, load_baseline(own), ""
+    candidates = sorted(p for p in directory.glob(f"*/{tier}.json") if p != own)
+    if not candidates:
+        raise KvperfError(f"no baseline for this environment ({own}): save one first with "
+                          "`pytest benchmarks --kvperf-save-baseline`, or pass --kvperf-compare=FILE")
+    usable: list[tuple[bool, Path, Baseline]] = []
+    other_software: list[str] = []
+    for path in candidates:
+        baseline = load_baseline(path)
+        mismatch = mismatched_fields(baseline.environment, env, timings=False)
+        if mismatch:
+            other_software.append(f"{path} ({'; '.join(mismatch)})")
+        else:
+            same_hardware = not mismatched_fields(baseline.environment, env, timings=True, host=False)
+            usable.append((not same_hardware, path, baseline))
+    if not usable:
+        raise KvperfError(f"no baseline for this environment ({own}), and the saved ones were made with other "
+                          f"software: {', '.join(other_software)}: save one with `pytest benchmarks "
+                          "--kvperf-save-baseline`, or pass --kvperf-compare=FILE --kvperf-allow-env-mismatch")
+    _, path, baseline = min(usable, key=lambda u: (u[0], str(u[1])))
+    return path, baseline, (f"no baseline of this machine ({own}); compared with {path} (same torch, transformers "
+                            "and device, another machine)")
 
 
 def _check_environment(path: Path, baseline: Environment, current: Environment, timings: TimingMode) -> None:
     """Refuse a baseline from another environment now, before the benchmarks run, with the fix that
     applies: other software or device changes every metric, so only --kvperf-allow-env-mismatch
-    helps; another machine changes timings only, so --kvperf-timings auto helps too."""
+    helps; another machine changes timings only, which are gated only under --kvperf-timings gate."""
     exact = mismatched_fields(baseline, current, timings=False)
     timing = mismatched_fields(baseline, current, timings=timings == "gate")
     if exact:
@@ -221,8 +258,9 @@ def _check_environment(path: Path, baseline: Environment, current: Environment, 
                           "metric: use a baseline made with this torch, transformers and device, or "
                           "--kvperf-allow-env-mismatch to compare anyway")
     if timing:
-        raise KvperfError(f"{path}: baseline environment differs in {'; '.join(timing)}: use the baseline of this "
-                          "environment, --kvperf-timings auto (deterministic metrics only), or "
+        raise KvperfError(f"{path}: baseline environment differs in {'; '.join(timing)}: timings are gated only "
+                          "against a baseline of this machine: use the baseline of this environment, "
+                          "--kvperf-timings report (gate the deterministic metrics, leave timings out), or "
                           "--kvperf-allow-env-mismatch")
 
 
@@ -337,14 +375,24 @@ def _save(session: pytest.Session, path: Path, overwrite: bool, data: dict[str, 
                      + ", ".join(skipped))
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables: the verdict is the last thing printed
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     comparison = config.stash.get(_COMPARISON_KEY, None)
     lines = config.stash.get(_OUTCOME_KEY, [])
     if comparison is None and not lines:
         return
     terminalreporter.section("kvperf baseline")
-    if comparison is not None:
-        for line in render_table(comparison).splitlines():
-            terminalreporter.write_line(line, red=bool(comparison.regressions) and line.startswith("verdict"))
+    gate = config.stash.get(_GATE_KEY, None)
+    table = render_table(comparison).splitlines() if comparison is not None else []
+    for line in table[:-1]:
+        terminalreporter.write_line(line)
+    if comparison is not None and gate is not None and gate.baseline is not None:
+        if gate.baseline_note:
+            terminalreporter.write_line(f"kvperf: {gate.baseline_note}")
+        terminalreporter.write_line(f"kvperf: environment key {_environment(config).key()} (this run), "
+                                    f"{gate.baseline.environment.key()} (baseline {gate.baseline.source})")
     for line in lines:
         terminalreporter.write_line(line)
+    if table:  # the verdict comes last
+        terminalreporter.write_line(table[-1], red=comparison is not None and bool(comparison.regressions),
+                                    green=comparison is not None and comparison.outcome == "pass")
