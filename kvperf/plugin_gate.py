@@ -43,6 +43,7 @@ from kvperf.errors import EXIT_NOTHING_COMPARED, EXIT_SAVE_FAILED, KvperfError
 from kvperf.plugin import CONFIG_KEY
 from kvperf.render import render_table
 from kvperf.selection import Selection, narrowed_by, relative_args
+from kvperf.summary import write_summary
 from kvperf.tiers import get_tier
 
 __all__: list[str] = []  # hooks only
@@ -86,6 +87,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "machine matches; skip: deterministic metrics only")
     group.addoption("--kvperf-allow-env-mismatch", action="store_true", default=False,
                     help="compare against a baseline from a different environment anyway")
+    group.addoption("--kvperf-benchmark-table", action="store_true", default=False,
+                    help="also print pytest-benchmark's whole-call tables (by default kvperf prints its own summary "
+                         "instead when kvperf cases ran; the JSON is the same either way)")
     group.addoption("--kvperf-allow-partial", action="store_true", default=False,
                     help="a partial comparison is intended: baseline cases missing from this run, or cases "
                          "new in it, are listed instead of refused (at least one case must still match)")
@@ -375,8 +379,34 @@ def _save(session: pytest.Session, path: Path, overwrite: bool, data: dict[str, 
                      + ", ".join(skipped))
 
 
-@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables: the verdict is the last thing printed
+@pytest.hookimpl(tryfirst=True)
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Before pytest-benchmark's summary: leave its whole-call tables out when kvperf prints its own
+    (``--kvperf-benchmark-table`` keeps them). Its regression check and its JSON are untouched."""
+    session = getattr(config, "_benchmarksession", None)
+    if session is not None and _ran_kvperf(config) and not config.getoption("kvperf_benchmark_table"):
+        session.quiet = True
+
+
+def _kvperf_cases(config: pytest.Config) -> list[dict[str, Any]]:
+    session = getattr(config, "_benchmarksession", None)
+    return [b.extra_info for b in getattr(session, "benchmarks", []) if "kvperf_schema" in getattr(b, "extra_info", {})]
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_terminal_summary")  # after pytest-benchmark's tables
+def pytest_terminal_summary_kvperf(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """kvperf's summary, one table per experiment, then the baseline section; the verdict last."""
+    cases = _kvperf_cases(config)
+    if cases:
+        terminalreporter.section("kvperf summary")
+        write_summary(terminalreporter.write_line, cases)
+        json_path = config.getoption("benchmark_json", None)
+        if json_path:
+            terminalreporter.write_line(f"kvperf: every round is in {json_path}: `kvperf report {json_path}` for the "
+                                        "experiments' tables and plots")
+        else:
+            terminalreporter.write_line("kvperf: add --benchmark-json=FILE to keep every round for `kvperf report "
+                                        "FILE` and `kvperf compare`")
     comparison = config.stash.get(_COMPARISON_KEY, None)
     lines = config.stash.get(_OUTCOME_KEY, [])
     if comparison is None and not lines:
