@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import torch
 
 from kvperf.baseline import (
     BASELINE_DIR,
@@ -36,11 +35,10 @@ from kvperf.baseline import (
     write_baseline,
     write_fallback,
 )
-from kvperf.bench import SCHEMA_VERSION
 from kvperf.compare import EXIT_UNTESTED, TIMING_MODES, Comparison, TimingMode, compare, parse_thresholds
 from kvperf.env import Environment, current_environment, mismatched_fields
 from kvperf.errors import EXIT_NOTHING_COMPARED, EXIT_SAVE_FAILED, KvperfError
-from kvperf.plugin import CONFIG_KEY
+from kvperf.plugin import CONFIG_KEY, add_option, kvperf_config_of
 from kvperf.render import render_table
 from kvperf.selection import Selection, narrowed_by, relative_args
 from kvperf.summary import write_summary
@@ -66,43 +64,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvperf", "kvperf KV-cache benchmarks")
     # Baselines and the regression gate (kvperf.baseline, kvperf.compare). Options with an optional
     # value take it with "=": `pytest benchmarks --kvperf-compare=FILE`.
-    group.addoption("--kvperf-save-baseline", nargs="?", const=_DEFAULT, default=None, metavar="DIR",
+    add_option(group, "--kvperf-save-baseline", nargs="?", const=_DEFAULT, default=None, metavar="DIR",
                     help=f"save this run as the baseline of its environment: DIR/<environment key>/<tier>.json "
                          f"(DIR default: {BASELINE_DIR}/ in the project root)")
-    group.addoption("--kvperf-overwrite-baseline", action="store_true", default=False,
+    add_option(group, "--kvperf-overwrite-baseline", action="store_true", default=False,
                     help="let --kvperf-save-baseline replace an existing baseline")
-    group.addoption("--kvperf-save-subset", action="store_true", default=False,
+    add_option(group, "--kvperf-save-subset", action="store_true", default=False,
                     help="let --kvperf-save-baseline save part of the tier (-k, -m, a node id, fewer dtypes, other "
                          "sizes or model) as the tier's default baseline; the file says so (kvperf_subset)")
-    group.addoption("--kvperf-compare", nargs="?", const=_DEFAULT, default=None, metavar="PATH",
+    add_option(group, "--kvperf-compare", nargs="?", const=_DEFAULT, default=None, metavar="PATH",
                     help="compare this run with PATH (default: the saved baseline of this environment) and "
                          "fail the session on a regression")
-    group.addoption("--kvperf-threshold", action="append", default=[], metavar="METRIC=PCT",
+    add_option(group, "--kvperf-threshold", action="append", default=[], metavar="METRIC=PCT",
                     help="regression threshold of one metric in percent, e.g. tpot=5 (repeatable)")
-    group.addoption("--kvperf-timings", choices=TIMING_MODES, default="report",
+    add_option(group, "--kvperf-timings", choices=TIMING_MODES, default="report",
                     help="report (default): gate on FLOPs, KV bytes and CPU peak memory, show the timings of a "
                          "baseline from this machine without failing on them (on a shared machine they drift "
                          "between runs by more than any useful threshold); gate: fail on timings too, for a "
                          "dedicated runner (refuses another machine's baseline); auto: gate timings only when the "
                          "machine matches; skip: deterministic metrics only")
-    group.addoption("--kvperf-allow-env-mismatch", action="store_true", default=False,
+    add_option(group, "--kvperf-allow-env-mismatch", action="store_true", default=False,
                     help="compare against a baseline from a different environment anyway")
-    group.addoption("--kvperf-benchmark-table", action="store_true", default=False,
+    add_option(group, "--kvperf-benchmark-table", action="store_true", default=False,
                     help="also print pytest-benchmark's whole-call tables (by default kvperf prints its own summary "
                          "instead when kvperf cases ran; the JSON is the same either way)")
-    group.addoption("--kvperf-allow-partial", action="store_true", default=False,
+    add_option(group, "--kvperf-allow-partial", action="store_true", default=False,
                     help="a partial comparison is intended: baseline cases missing from this run, or cases "
                          "new in it, are listed instead of refused (at least one case must still match)")
 
 
 @pytest.hookimpl(trylast=True)  # after kvperf.plugin's, which reads the run's options
 def pytest_configure(config: pytest.Config) -> None:
-    if CONFIG_KEY not in config.stash:
-        return
     try:
         config.stash[_GATE_KEY] = _Gate.from_pytest_config(config)
     except KvperfError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def _uses_kvperf(item: pytest.Item) -> bool:
+    fixtures = getattr(item, "fixturenames", ())
+    return any(name in fixtures for name in ("kvperf_case", "kvperf_bench", "kvperf_model", "kvperf_config"))
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
@@ -114,11 +115,11 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Record which of the tier's cases were selected; refuse to save a subset as the tier's baseline."""
     config = session.config
-    cfg = config.stash.get(CONFIG_KEY, None)
-    if cfg is None:
-        return
+    if CONFIG_KEY not in config.stash and not any(_uses_kvperf(item) for item in session.items):
+        return  # a session without kvperf cases: nothing to record, and nothing imported
+    cfg = kvperf_config_of(config)
     opt = config.getoption
-    default, device_type = get_tier(cfg.tier.name), torch.device(cfg.device).type
+    default, device_type = get_tier(cfg.tier.name), cfg.device_type
     args = relative_args(config.args, config.rootpath)
     keyword, markexpr, deselected = opt("keyword") or "", opt("markexpr") or "", config.stash.get(_DESELECTED_KEY, 0)
     selection = Selection(
@@ -144,7 +145,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.skipped and not hasattr(report, "wasxfail") and ("kvperf_bench" in fixtures or "kvperf_case" in fixtures):
         longrepr = report.longrepr
         reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-        model = item.config.stash[CONFIG_KEY].model
+        model = kvperf_config_of(item.config).model
         skipped = item.config.stash.setdefault(_SKIPPED_KEY, {})
         skipped[item.name] = SkippedCase(name=item.name, model=model, reason=reason.removeprefix("Skipped: "))
     return report
@@ -153,9 +154,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def _environment(config: pytest.Config) -> Environment:
     """This session's environment fingerprint, computed once."""
     if _ENV_KEY not in config.stash:
-        cfg = config.stash[CONFIG_KEY]
+        cfg = kvperf_config_of(config)
         threads = getattr(cfg.tier, "cpu_threads", None)
-        config.stash[_ENV_KEY] = current_environment(torch.device(cfg.device).type, root=config.rootpath,
+        config.stash[_ENV_KEY] = current_environment(cfg.device_type, root=config.rootpath,
                                                      torch_threads=threads)
     return config.stash[_ENV_KEY]
 
@@ -194,7 +195,7 @@ class _Gate:
                               "baseline of this environment")
         if save is None and compare_to is None:
             return gate
-        env, tier = _environment(config), config.stash[CONFIG_KEY].tier.name
+        env, tier = _environment(config), kvperf_config_of(config).tier.name
         default_dir = config.rootpath / BASELINE_DIR
         save_path, save_is_default = None, False
         if save is not None:
@@ -288,6 +289,8 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
     """Mark a JSON holding kvperf benchmarks with kvperf's schema version (it is then a baseline), what
     the run selected (``kvperf_subset``, ``kvperf_selection``) and what it skipped (``kvperf_skipped_cases``)."""
     if any("kvperf_schema" in (b.get("extra_info") or {}) for b in output_json.get("benchmarks", [])):
+        from kvperf.bench import SCHEMA_VERSION  # imported already: kvperf cases ran
+
         output_json["kvperf"] = {"schema": SCHEMA_VERSION}
         selection = config.stash.get(_SELECTION_KEY, None)
         if selection is not None:
