@@ -52,6 +52,7 @@ __all__ = [
     "EXIT_UNTESTED",
     "METRICS",
     "MIN_QUIET_ROUNDS",
+    "TIMING_MODES",
     "Comparison",
     "Metric",
     "TimingMode",
@@ -61,7 +62,12 @@ __all__ = [
     "parse_thresholds",
 ]
 
-TimingMode = Literal["gate", "auto", "skip"]
+#: ``gate``: timings can fail the comparison, and another machine's file is refused; ``report``:
+#: timings of the same machine are compared and shown, but never fail it (the default against a
+#: stored baseline: on a shared VM their run-to-run drift is larger than any useful threshold);
+#: ``auto``: like ``gate`` on the same machine, skipped on another; ``skip``: never compared.
+TimingMode = Literal["gate", "report", "auto", "skip"]
+TIMING_MODES: tuple[TimingMode, ...] = ("gate", "report", "auto", "skip")
 VerdictName = Literal["improved", "unchanged", "regressed", "new", "missing"]
 Outcome = Literal["pass", "regression", "untested"]
 
@@ -133,6 +139,7 @@ METRICS: tuple[Metric, ...] = (
            default_threshold_pct=0.0, portable=True),
 )
 _BY_NAME = {m.name: m for m in METRICS}
+_TIMING_NAMES = frozenset(m.name for m in METRICS if m.timing)
 
 
 def default_thresholds(device_type: str = "cpu") -> dict[str, float]:
@@ -208,10 +215,21 @@ class Comparison:
     #: differ between the two environments, e.g. ``transformers 4.57.6 -> 5.24.0``.
     output_changes: tuple[OutputChange, ...] = ()
     version_changes: tuple[str, ...] = ()
+    #: A regressed timing fails the comparison; False under ``timings="report"``, where timings
+    #: are shown (``reported_slowdowns``) but only the deterministic metrics can fail it.
+    timings_gated: bool = True
 
     @property
     def regressions(self) -> list[Verdict]:
-        return [v for v in self.verdicts if v.verdict == "regressed"]
+        """Regressed verdicts that fail the comparison (timings only when ``timings_gated``)."""
+        return [v for v in self.verdicts if v.verdict == "regressed"
+                and (self.timings_gated or v.metric not in _TIMING_NAMES)]
+
+    @property
+    def reported_slowdowns(self) -> list[Verdict]:
+        """Timings that regressed beyond their threshold but were reported, not gated."""
+        return [v for v in self.verdicts if v.verdict == "regressed" and not self.timings_gated
+                and v.metric in _TIMING_NAMES]
 
     def timing_counts(self) -> dict[str, int]:
         """Timing verdicts of the compared cases: ``total``, ``tested``, ``noisy`` (too few quiet rounds)
@@ -243,6 +261,8 @@ class Comparison:
     def counts(self) -> dict[str, int]:
         names: tuple[VerdictName, ...] = ("regressed", "improved", "unchanged", "new", "missing")
         counts: dict[str, int] = {name: sum(v.verdict == name for v in self.verdicts) for name in names}
+        counts["regressed"] = len(self.regressions)
+        counts["reported"] = len(self.reported_slowdowns)
         counts["noisy"] = sum(v.noisy for v in self.verdicts)
         return counts
 
@@ -250,6 +270,7 @@ class Comparison:
         return {"baseline": self.baseline_source, "current": self.current_source,
                 "timings_compared": self.timings_compared, "notes": list(self.notes),
                 "outcome": self.outcome, "exit_code": self.exit_code, "counts": self.counts(),
+                "timings_gated": self.timings_gated, "reported_slowdowns": len(self.reported_slowdowns),
                 "cases": self.case_counts(), "timings": {"required": self.timings_required, **self.timing_counts()},
                 "missing_cases": [list(k) for k in self.missing_cases],
                 "new_cases": [list(k) for k in self.new_cases],
@@ -260,10 +281,11 @@ class Comparison:
 
 def _check_environments(baseline: Baseline, current: Baseline, timings: TimingMode, allow_env_mismatch: bool,
                         flag_prefix: str) -> tuple[bool, bool, list[str]]:
-    """Whether timings are compared, whether the machines count as the same, and notes.
-    ``BadInputError`` for a mismatch that isn't allowed."""
+    """Whether timings are compared, whether the hardware counts as the same (for CPU peak memory),
+    and notes. ``BadInputError`` for a mismatch that isn't allowed."""
     b_env, c_env = baseline.environment, current.environment
     exact = mismatched_fields(b_env, c_env, timings=False)
+    hardware = [f for f in mismatched_fields(b_env, c_env, timings=True, host=False) if f not in exact]
     machine = [f for f in mismatched_fields(b_env, c_env, timings=True) if f not in exact]
     allow = f"{flag_prefix}allow-env-mismatch"
     if exact and not allow_env_mismatch:
@@ -271,16 +293,20 @@ def _check_environments(baseline: Baseline, current: Baseline, timings: TimingMo
                             f"device, or pass {allow} to compare anyway")
     notes = [f"environments differ, compared anyway ({allow}): {'; '.join(exact + machine)}"] \
         if allow_env_mismatch and (exact or machine) else []
-    same_machine = allow_env_mismatch or not machine
+    same_machine, same_hardware = allow_env_mismatch or not machine, allow_env_mismatch or not hardware
     if not same_machine:
         if timings == "gate":
-            raise BadInputError(f"timing environments differ in {'; '.join(machine)}: compare runs from one "
-                                f"machine, pass {flag_prefix}timings auto to compare only the deterministic "
-                                f"metrics, or {allow} to compare timings anyway")
-        notes.append(f"timings and peak memory not compared: the machines differ in {'; '.join(machine)}")
+            raise BadInputError(f"timing environments differ in {'; '.join(machine)}: timings are gated only "
+                                f"between runs of one machine; pass {flag_prefix}timings report to compare the "
+                                f"deterministic metrics and leave timings out, or {allow} to compare timings anyway")
+        what = "timings" if same_hardware else "timings and peak memory"
+        notes.append(f"{what} not compared: the machines differ in {'; '.join(machine)}")
     elif timings == "skip":
         notes.append(f"timings not compared ({flag_prefix}timings skip)")
-    return same_machine and timings != "skip", same_machine, notes
+    elif timings == "report":
+        notes.append(f"timings reported, not gated ({flag_prefix}timings report, the default against a stored "
+                     f"baseline); pass {flag_prefix}timings gate on a dedicated runner")
+    return same_machine and timings != "skip", same_hardware, notes
 
 
 def _quiet(info: dict[str, Any], samples: Sequence[float], max_cpu_wait: float) -> list[float]:
@@ -376,9 +402,10 @@ def compare(
 
     ``thresholds`` (percent, by metric name) override ``default_thresholds``; an opt-in metric (the
     CPU-time ones) is compared only when it has a threshold here. ``timings``: ``gate``
-    compares timings and refuses environments whose machine fields differ; ``auto`` compares timings
-    and peak memory only when the machines match (FLOPs and KV bytes always); ``skip`` never compares
-    timings. ``flag_prefix`` spells option names in messages
+    compares timings and refuses environments whose machine fields differ; ``report`` compares
+    timings of the same machine but never fails on them; ``auto`` gates timings only when the
+    machines match; ``skip`` never compares timings. FLOPs and KV bytes are always compared, CPU
+    peak memory when the hardware matches. ``flag_prefix`` spells option names in messages
     (``--`` for the CLI, ``--kvperf-`` for pytest). Raises ``BadInputError`` for environments that
     differ in a field that matters, unless ``allow_env_mismatch``; for files with no case in common;
     and for cases in one file only, unless ``allow_partial``. A case whose generated tokens changed is a
@@ -386,10 +413,10 @@ def compare(
     """
     limits = {**default_thresholds(current.environment.device_type), **(thresholds or {})}
     missing, new = check_coverage(baseline, current, allow_partial=allow_partial, flag_prefix=flag_prefix)
-    timings_compared, same_machine, notes = _check_environments(baseline, current, timings, allow_env_mismatch,
+    timings_compared, same_hardware, notes = _check_environments(baseline, current, timings, allow_env_mismatch,
                                                                 flag_prefix)
     notes[:0] = coverage_notes(baseline, current, missing, new, flag_prefix)
-    metrics = [m for m in METRICS if (timings_compared or not m.timing) and (same_machine or m.portable)
+    metrics = [m for m in METRICS if (timings_compared or not m.timing) and (same_hardware or m.portable)
                and (not m.opt_in or m.name in (thresholds or {}))]
     verdicts: list[Verdict] = []
     for key in sorted(set(baseline.cases) | set(current.cases), key=_case_order):
@@ -422,7 +449,7 @@ def compare(
             notes.append(f"{result.foreign_benchmarks} non-kvperf benchmark(s) in the {side} file not compared")
     return Comparison(baseline_source=baseline.source, current_source=current.source,
                       verdicts=tuple(verdicts), timings_compared=timings_compared, notes=tuple(notes),
-                      timings_required=timings == "gate",
+                      timings_required=timings == "gate", timings_gated=timings != "report",
                       compared_cases=len(baseline.cases.keys() & current.cases.keys()),
                       missing_cases=missing, new_cases=new, flag_prefix=flag_prefix, output_changes=changes,
                       version_changes=tuple(version_changes(baseline.environment, current.environment)))

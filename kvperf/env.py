@@ -10,7 +10,11 @@ Not every field matters to every metric (see ``fields_that_matter``):
 
 * the deterministic metrics (FLOPs, KV bytes, CPU peak memory) depend on the software and the
   device type only: the same torch and transformers give the same counts on any x86 or ARM runner;
-* timings depend on the machine as well: the CPU model, the cores, the thread count, the GPU.
+* CPU peak memory depends on the hardware too (the kernels torch picks for a CPU's instruction set);
+* timings depend on the machine itself: two VMs of one CPU model and size share a host with other
+  tenants, and drift apart by more than any useful threshold. So a result also carries
+  ``machine_id``, a salted hash of ``/etc/machine-id`` (never the raw id, nor the hostname), and
+  timings are compared only between results of one machine.
 
 The git commit and the dirty flag never matter: they are what a comparison is about.
 
@@ -27,6 +31,7 @@ import hashlib
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -36,20 +41,30 @@ from typing import Any
 
 __all__ = [
     "DETERMINISTIC_FIELDS",
+    "HOST_FIELDS",
+    "MACHINE_ID_ENV_VAR",
     "TIMING_FIELDS",
     "Contention",
     "CpuContention",
     "Environment",
     "current_environment",
     "fields_that_matter",
+    "machine_id",
     "mismatched_fields",
     "version_changes",
 ]
 
 #: Fields that can change a deterministic metric (FLOP counts, KV bytes, CPU peak memory).
 DETERMINISTIC_FIELDS = ("device_type", "torch_version", "transformers_version")
-#: Fields that can change a timing, on top of the deterministic ones (GPU fields only on CUDA).
+#: Fields of the hardware, which can change CPU peak memory and timings (GPU fields only on CUDA).
 TIMING_FIELDS = ("cpu_model", "cpu_count", "torch_threads", "python_version", "machine", "system")
+#: The machine itself: timings are compared only between results with the same ``machine_id``.
+HOST_FIELDS = ("machine_id",)
+#: Set it to the same text on runners that you have measured to time alike (a dedicated pool), to
+#: give them one machine identity; it is hashed like ``/etc/machine-id``.
+MACHINE_ID_ENV_VAR = "KVPERF_MACHINE_ID"
+_MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+_MACHINE_ID_SALT = "kvperf-machine-id-v1:"
 _GPU_FIELDS = ("gpu_name", "gpu_memory_bytes", "gpu_driver")
 
 
@@ -74,16 +89,21 @@ class Environment:
     gpu_driver: str | None = None
     git_commit: str | None = None
     git_dirty: bool | None = None
+    #: Salted hash of the machine's identity (``machine_id()``); None in results made before kvperf
+    #: recorded it, which then never count as from the same machine as anything.
+    machine_id: str | None = None
 
     def key(self) -> str:
         """A directory name for this environment's baselines, e.g.
         ``cpu-amd-epyc-2cpu-torch2.13.0-cpu-3f9a1c0d``: readable parts, then a hash of every field
-        that matters to timings, so that two environments share a key exactly when their timings
-        are comparable."""
+        that matters to timings, the machine's identity included, so that two environments share a
+        key exactly when their timings are comparable (two VMs of one CPU model do not)."""
         hardware = self.gpu_name if self.device_type == "cuda" and self.gpu_name else self.cpu_model
         readable = f"{self.device_type}-{hardware}-{self.cpu_count}cpu-torch{self.torch_version}"
         slug = re.sub(r"[^a-z0-9.]+", "-", readable.lower()).strip("-")
-        matter = {name: getattr(self, name) for name in fields_that_matter(self, timings=True)}
+        # A result without a machine identity (made before kvperf recorded one) keeps its old key.
+        matter = {name: getattr(self, name) for name in fields_that_matter(self, timings=True)
+                  if not (name in HOST_FIELDS and getattr(self, name) is None)}
         digest = hashlib.sha256(repr(sorted(matter.items())).encode()).hexdigest()[:8]
         return f"{slug}-{digest}"
 
@@ -101,20 +121,47 @@ class Environment:
         return cls(**{name: data[name] for name in known if name in data})
 
 
-def fields_that_matter(env: Environment, *, timings: bool) -> tuple[str, ...]:
+def fields_that_matter(env: Environment, *, timings: bool, host: bool = True) -> tuple[str, ...]:
     """The fields two environments must share for their deterministic metrics (``timings=False``)
-    or for their timings too (``timings=True``) to be compared."""
+    or for their timings too (``timings=True``); ``host=False`` leaves out the machine's identity
+    (what CPU peak memory needs: the same hardware, not the same machine)."""
     if not timings:
         return DETERMINISTIC_FIELDS
     gpu = _GPU_FIELDS if env.device_type == "cuda" else ()
-    return DETERMINISTIC_FIELDS + TIMING_FIELDS + gpu
+    return DETERMINISTIC_FIELDS + TIMING_FIELDS + gpu + (HOST_FIELDS if host else ())
 
 
-def mismatched_fields(baseline: Environment, current: Environment, *, timings: bool) -> list[str]:
-    """``field (baseline -> current)`` for every field that matters and differs."""
-    return [f"{name} ({getattr(baseline, name)!r} -> {getattr(current, name)!r})"
-            for name in fields_that_matter(current, timings=timings)
-            if getattr(baseline, name) != getattr(current, name)]
+def mismatched_fields(baseline: Environment, current: Environment, *, timings: bool,
+                      host: bool = True) -> list[str]:
+    """``field (baseline -> current)`` for every field that matters and differs; a machine identity
+    reads ``machine_id (another machine)`` or ``machine_id (not recorded in the baseline)``."""
+    out = []
+    for name in fields_that_matter(current, timings=timings, host=host):
+        before, after = getattr(baseline, name), getattr(current, name)
+        if before == after:
+            continue
+        if name in HOST_FIELDS:
+            out.append(f"{name} (not recorded in the baseline)" if before is None else f"{name} (another machine)")
+        else:
+            out.append(f"{name} ({before!r} -> {after!r})")
+    return out
+
+
+def machine_id() -> str | None:
+    """A salted SHA-256 of this machine's identity, 16 hex digits: ``$KVPERF_MACHINE_ID`` where set,
+    else ``/etc/machine-id`` (systemd; ``/var/lib/dbus/machine-id`` on older systems), else the
+    hostname. Only the hash is recorded: baselines get committed."""
+    raw = os.environ.get(MACHINE_ID_ENV_VAR, "").strip()
+    for path in _MACHINE_ID_FILES:
+        if raw:
+            break
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            raw = path.read_text().strip()
+    if not raw:
+        raw = "hostname:" + socket.gethostname()
+    if raw == "hostname:":
+        return None
+    return hashlib.sha256((_MACHINE_ID_SALT + raw).encode()).hexdigest()[:16]
 
 
 #: The software whose versions a comparison names when they differ, and how it names them.
@@ -222,6 +269,7 @@ def current_environment(device_type: str = "cpu", root: str | Path = ".",
         gpu_driver=gpu_driver,
         git_commit=commit,
         git_dirty=dirty,
+        machine_id=machine_id(),
     )
 
 

@@ -10,29 +10,28 @@ named by its ``kvperf_experiment`` marker) and ``kvperf_bench`` (runs a case or 
     @pytest.mark.kvperf_experiment("matrix")
     def test_generate(kvperf_case, kvperf_bench):
         kvperf_bench(kvperf_case)
+
+The plugin loads in every pytest session of an environment where kvperf is installed, so it imports
+nothing heavy until it is used: torch, transformers and the model's config are loaded when a test
+asks for a kvperf fixture, or at start-up when a ``--kvperf-*`` option is given (to refuse a bad one
+before anything runs).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import torch
-from transformers import PreTrainedModel
 
 from kvperf.ab import ENV_VAR as AB_ENV_VAR
 from kvperf.ab import Turns
-from kvperf.baseline import write_baseline as write_baseline
-from kvperf.bench import benchmark_generation, extra_info
 from kvperf.errors import KvperfError, OutOfMemoryError
-from kvperf.harness import GenerationResult
-from kvperf.models import load_config, load_model, max_positions
-from kvperf.oom import out_of_memory_as_error, requested_size
-from kvperf.spec import DTYPES, GenerationSpec, parse_dtype
+from kvperf.spec import GenerationSpec, canonical_dtype
 from kvperf.tiers import (
     DEFAULT_DTYPES,
     EXPERIMENTS,
@@ -45,15 +44,17 @@ from kvperf.tiers import (
     get_tier,
 )
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from kvperf.harness import GenerationResult
+
 #: The baselines and the regression gate are a plugin of their own, registered with this one.
 pytest_plugins = ["kvperf.plugin_gate"]
 
-__all__ = ["KvperfConfig"]
+__all__ = ["KvperfConfig", "add_option", "kvperf_config_of"]
 
-
-def _name_of(dtype: torch.dtype) -> str:
-    return next(name for name, (full, _) in DTYPES.items() if full == dtype)
-
+_DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 
 def _int_list(option: str, raw: str | None) -> tuple[int, ...] | None:
     if raw is None:
@@ -90,6 +91,11 @@ class KvperfConfig:
     def model(self) -> str:
         return self.tier.model
 
+    @property
+    def device_type(self) -> str:
+        """``cpu`` or ``cuda`` (the device was checked on construction)."""
+        return self.device.split(":", 1)[0]
+
     @classmethod
     def from_pytest_config(cls, config: pytest.Config) -> KvperfConfig:
         opt = config.getoption
@@ -103,21 +109,25 @@ class KvperfConfig:
             cpu_threads=_in_range("--kvperf-threads", opt("kvperf_threads"), 1, MAX_CPU_THREADS),
         )
         device = opt("kvperf_device")
-        try:
-            torch_device = torch.device(device)
-        except RuntimeError:
-            raise KvperfError(f"--kvperf-device {device!r} is not a device: use cpu, cuda or cuda:N") from None
-        if torch_device.type not in ("cpu", "cuda"):
+        if not _DEVICE.fullmatch(device):
+            import torch  # only to tell a device torch knows from no device at all
+
+            try:
+                torch.device(device)
+            except RuntimeError:
+                raise KvperfError(f"--kvperf-device {device!r} is not a device: use cpu, cuda or cuda:N") from None
             raise KvperfError(f"--kvperf-device {device!r} is not supported: use cpu, cuda or cuda:N")
         raw_dtypes = opt("kvperf_dtypes")
         if raw_dtypes is None:
-            raw_dtypes = ",".join(DEFAULT_DTYPES[torch_device.type])
+            raw_dtypes = ",".join(DEFAULT_DTYPES[device.split(":", 1)[0]])
         try:
-            dtypes = tuple(dict.fromkeys(_name_of(parse_dtype(d)) for d in raw_dtypes.split(",") if d.strip()))
+            dtypes = tuple(dict.fromkeys(canonical_dtype(d) for d in raw_dtypes.split(",") if d.strip()))
         except KvperfError as exc:
             raise KvperfError(f"--kvperf-dtypes: {exc}") from None
         if not dtypes:
             raise KvperfError("--kvperf-dtypes is empty: give e.g. float32,bfloat16")
+        from kvperf.models import load_config, max_positions
+
         model_config = load_config(tier.model, trust_remote_code=opt("kvperf_trust_remote_code"))
         limit = max_positions(model_config)
         if limit is not None and tier.max_total_len() > limit:
@@ -129,23 +139,35 @@ class KvperfConfig:
                    trust_remote_code=opt("kvperf_trust_remote_code"))
 
 
+#: The default of every ``--kvperf-*`` option, by its dest (``add_option``).
+_OPTION_DEFAULTS: dict[str, Any] = {}
+
+
+def add_option(group: pytest.OptionGroup, name: str, **kwargs: Any) -> None:
+    """``group.addoption``, remembering the default: a session that sets none of kvperf's options
+    loads nothing heavy until a kvperf fixture is used."""
+    group.addoption(name, **kwargs)
+    default = kwargs.get("default", False if kwargs.get("action") == "store_true" else None)
+    _OPTION_DEFAULTS[kwargs.get("dest") or name.lstrip("-").replace("-", "_")] = default
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvperf", "kvperf KV-cache benchmarks")
-    group.addoption("--kvperf-tier", default="quick", help=f"benchmark tier: {', '.join(TIERS)} (default quick)")
-    group.addoption("--kvperf-model", default=None,
+    add_option(group, "--kvperf-tier", default="quick", help=f"benchmark tier: {', '.join(TIERS)} (default quick)")
+    add_option(group, "--kvperf-model", default=None,
                     help="preset, local directory or cached hub id (default: the tier's model)")
-    group.addoption("--kvperf-device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    group.addoption("--kvperf-dtypes", default=None,
+    add_option(group, "--kvperf-device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    add_option(group, "--kvperf-dtypes", default=None,
                     help="comma-separated dtypes (default float32,bfloat16 on CPU; float16 too on CUDA)")
-    group.addoption("--kvperf-batch-sizes", default=None, help="comma-separated batch sizes (override the tier)")
-    group.addoption("--kvperf-prompt-lens", default=None,
+    add_option(group, "--kvperf-batch-sizes", default=None, help="comma-separated batch sizes (override the tier)")
+    add_option(group, "--kvperf-prompt-lens", default=None,
                     help="comma-separated prompt lengths in tokens (override the tier)")
-    group.addoption("--kvperf-new-tokens", type=int, default=None, help="new tokens per sequence (override)")
-    group.addoption("--kvperf-rounds", type=int, default=None, help="timed rounds per case (override)")
-    group.addoption("--kvperf-warmup", type=int, default=None, help="untimed warm-up rounds per case (override)")
-    group.addoption("--kvperf-threads", type=int, default=None,
+    add_option(group, "--kvperf-new-tokens", type=int, default=None, help="new tokens per sequence (override)")
+    add_option(group, "--kvperf-rounds", type=int, default=None, help="timed rounds per case (override)")
+    add_option(group, "--kvperf-warmup", type=int, default=None, help="untimed warm-up rounds per case (override)")
+    add_option(group, "--kvperf-threads", type=int, default=None,
                     help="torch CPU threads while benchmarking (default: 1 in quick, torch's default in full)")
-    group.addoption("--kvperf-trust-remote-code", action="store_true", default=False,
+    add_option(group, "--kvperf-trust-remote-code", action="store_true", default=False,
                     help="allow a hub model's own code to run (off by default)")
 
 
@@ -154,7 +176,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvperf_experiment(name): which experiment's cases kvperf_case runs "
                                        f"({', '.join(EXPERIMENTS)})")
     try:
-        config.stash[CONFIG_KEY] = KvperfConfig.from_pytest_config(config)
+        if _asked_for_kvperf(config):  # check the options now, before anything runs
+            config.stash[CONFIG_KEY] = KvperfConfig.from_pytest_config(config)
         turns = Turns.from_env()
         if turns is not None:
             _check_ab_pipes(os.environ[AB_ENV_VAR])
@@ -162,6 +185,22 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     if turns is not None:
         config.stash[_TURNS_KEY] = turns
+
+
+def _asked_for_kvperf(config: pytest.Config) -> bool:
+    """Whether a ``--kvperf-*`` option has other than its default value."""
+    return any(config.getoption(dest) != default for dest, default in _OPTION_DEFAULTS.items())
+
+
+def kvperf_config_of(config: pytest.Config) -> KvperfConfig:
+    """The run's ``KvperfConfig``, built on first use (it loads the model's config: not in a session
+    that never uses kvperf). A bad default can't happen; a bad option was refused at start-up."""
+    if CONFIG_KEY not in config.stash:
+        try:
+            config.stash[CONFIG_KEY] = KvperfConfig.from_pytest_config(config)
+        except KvperfError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return config.stash[CONFIG_KEY]
 
 
 def _check_ab_pipes(raw: str) -> None:
@@ -180,16 +219,16 @@ def _check_ab_pipes(raw: str) -> None:
 #: The run's ``KvperfConfig`` (also read by ``kvperf.plugin_gate``).
 CONFIG_KEY = pytest.StashKey["KvperfConfig"]()
 _TURNS_KEY = pytest.StashKey[Turns]()
-_MODELS_KEY = pytest.StashKey[dict[tuple[str, str, str], PreTrainedModel]]()
+_MODELS_KEY = pytest.StashKey["dict[tuple[str, str, str], PreTrainedModel]"]()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "kvperf_case" not in metafunc.fixturenames:
         return
-    cfg = metafunc.config.stash[CONFIG_KEY]
+    cfg = kvperf_config_of(metafunc.config)
     marker = metafunc.definition.get_closest_marker("kvperf_experiment")
     experiment = marker.args[0] if marker and marker.args else "matrix"
-    marks = [pytest.mark.gpu] if torch.device(cfg.device).type == "cuda" else []
+    marks = [pytest.mark.gpu] if cfg.device_type == "cuda" else []
     cases = cfg.tier.cases(experiment, cfg.dtypes)
     metafunc.parametrize("kvperf_case", [pytest.param(c, id=c.id, marks=marks) for c in cases])
 
@@ -200,11 +239,17 @@ _NO_GPU = "needs a CUDA GPU, and torch.cuda.is_available() is False here"
 def _skip_without_gpu(device: str) -> None:
     """Skip the calling test when ``device`` is CUDA and this machine has none: a user's own benchmark
     file under ``--kvperf-device cuda`` is skipped like the tier's cases, not failed."""
+    import torch
+
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         pytest.skip(_NO_GPU)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return  # and torch stays unimported
+    import torch
+
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason=_NO_GPU)
@@ -216,7 +261,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def kvperf_config(pytestconfig: pytest.Config) -> KvperfConfig:
     """The kvperf options of this run."""
-    return pytestconfig.stash[CONFIG_KEY]
+    return kvperf_config_of(pytestconfig)
 
 
 @pytest.fixture(scope="session")
@@ -224,6 +269,10 @@ def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Ca
     """``kvperf_model(dtype)``: the run's model in that dtype, loaded once per session (never timed).
 
     Also applies the tier's ``--kvperf-threads`` setting, since every benchmark asks for a model."""
+    import torch
+
+    from kvperf.models import load_model
+
     models = pytestconfig.stash.setdefault(_MODELS_KEY, {})
 
     def get(dtype: str) -> PreTrainedModel:
@@ -250,6 +299,10 @@ def kvperf_bench(
     Accepts a ``Case`` from ``kvperf_case`` or any ``GenerationSpec`` (then in ``dtype``, by default
     the first of ``--kvperf-dtypes``). Returns one ``GenerationResult`` per timed round.
     """
+    import torch
+
+    from kvperf.bench import benchmark_generation, extra_info
+    from kvperf.oom import out_of_memory_as_error, requested_size
 
     def run(case: Case | GenerationSpec, dtype: str | None = None) -> list[GenerationResult]:
         if isinstance(case, GenerationSpec):

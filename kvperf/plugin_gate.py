@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import torch
 
 from kvperf.baseline import (
     BASELINE_DIR,
@@ -36,13 +35,13 @@ from kvperf.baseline import (
     write_baseline,
     write_fallback,
 )
-from kvperf.bench import SCHEMA_VERSION
-from kvperf.compare import EXIT_UNTESTED, Comparison, TimingMode, compare, parse_thresholds
+from kvperf.compare import EXIT_UNTESTED, TIMING_MODES, Comparison, TimingMode, compare, parse_thresholds
 from kvperf.env import Environment, current_environment, mismatched_fields
 from kvperf.errors import EXIT_NOTHING_COMPARED, EXIT_SAVE_FAILED, KvperfError
-from kvperf.plugin import CONFIG_KEY
+from kvperf.plugin import CONFIG_KEY, add_option, kvperf_config_of
 from kvperf.render import render_table
 from kvperf.selection import Selection, narrowed_by, relative_args
+from kvperf.summary import write_summary
 from kvperf.tiers import get_tier
 
 __all__: list[str] = []  # hooks only
@@ -65,37 +64,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvperf", "kvperf KV-cache benchmarks")
     # Baselines and the regression gate (kvperf.baseline, kvperf.compare). Options with an optional
     # value take it with "=": `pytest benchmarks --kvperf-compare=FILE`.
-    group.addoption("--kvperf-save-baseline", nargs="?", const=_DEFAULT, default=None, metavar="DIR",
+    add_option(group, "--kvperf-save-baseline", nargs="?", const=_DEFAULT, default=None, metavar="DIR",
                     help=f"save this run as the baseline of its environment: DIR/<environment key>/<tier>.json "
                          f"(DIR default: {BASELINE_DIR}/ in the project root)")
-    group.addoption("--kvperf-overwrite-baseline", action="store_true", default=False,
+    add_option(group, "--kvperf-overwrite-baseline", action="store_true", default=False,
                     help="let --kvperf-save-baseline replace an existing baseline")
-    group.addoption("--kvperf-save-subset", action="store_true", default=False,
+    add_option(group, "--kvperf-save-subset", action="store_true", default=False,
                     help="let --kvperf-save-baseline save part of the tier (-k, -m, a node id, fewer dtypes, other "
                          "sizes or model) as the tier's default baseline; the file says so (kvperf_subset)")
-    group.addoption("--kvperf-compare", nargs="?", const=_DEFAULT, default=None, metavar="PATH",
+    add_option(group, "--kvperf-compare", nargs="?", const=_DEFAULT, default=None, metavar="PATH",
                     help="compare this run with PATH (default: the saved baseline of this environment) and "
                          "fail the session on a regression")
-    group.addoption("--kvperf-threshold", action="append", default=[], metavar="METRIC=PCT",
+    add_option(group, "--kvperf-threshold", action="append", default=[], metavar="METRIC=PCT",
                     help="regression threshold of one metric in percent, e.g. tpot=5 (repeatable)")
-    group.addoption("--kvperf-timings", choices=("gate", "auto", "skip"), default="gate",
-                    help="gate: compare timings (refuse another machine's baseline); auto: only when the "
-                         "machine matches; skip: deterministic metrics only (default gate)")
-    group.addoption("--kvperf-allow-env-mismatch", action="store_true", default=False,
+    add_option(group, "--kvperf-timings", choices=TIMING_MODES, default="report",
+                    help="report (default): gate on FLOPs, KV bytes and CPU peak memory, show the timings of a "
+                         "baseline from this machine without failing on them (on a shared machine they drift "
+                         "between runs by more than any useful threshold); gate: fail on timings too, for a "
+                         "dedicated runner (refuses another machine's baseline); auto: gate timings only when the "
+                         "machine matches; skip: deterministic metrics only")
+    add_option(group, "--kvperf-allow-env-mismatch", action="store_true", default=False,
                     help="compare against a baseline from a different environment anyway")
-    group.addoption("--kvperf-allow-partial", action="store_true", default=False,
+    add_option(group, "--kvperf-benchmark-table", action="store_true", default=False,
+                    help="also print pytest-benchmark's whole-call tables (by default kvperf prints its own summary "
+                         "instead when kvperf cases ran; the JSON is the same either way)")
+    add_option(group, "--kvperf-allow-partial", action="store_true", default=False,
                     help="a partial comparison is intended: baseline cases missing from this run, or cases "
                          "new in it, are listed instead of refused (at least one case must still match)")
 
 
 @pytest.hookimpl(trylast=True)  # after kvperf.plugin's, which reads the run's options
 def pytest_configure(config: pytest.Config) -> None:
-    if CONFIG_KEY not in config.stash:
-        return
     try:
         config.stash[_GATE_KEY] = _Gate.from_pytest_config(config)
     except KvperfError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def _uses_kvperf(item: pytest.Item) -> bool:
+    fixtures = getattr(item, "fixturenames", ())
+    return any(name in fixtures for name in ("kvperf_case", "kvperf_bench", "kvperf_model", "kvperf_config"))
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
@@ -107,11 +115,11 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Record which of the tier's cases were selected; refuse to save a subset as the tier's baseline."""
     config = session.config
-    cfg = config.stash.get(CONFIG_KEY, None)
-    if cfg is None:
-        return
+    if CONFIG_KEY not in config.stash and not any(_uses_kvperf(item) for item in session.items):
+        return  # a session without kvperf cases: nothing to record, and nothing imported
+    cfg = kvperf_config_of(config)
     opt = config.getoption
-    default, device_type = get_tier(cfg.tier.name), torch.device(cfg.device).type
+    default, device_type = get_tier(cfg.tier.name), cfg.device_type
     args = relative_args(config.args, config.rootpath)
     keyword, markexpr, deselected = opt("keyword") or "", opt("markexpr") or "", config.stash.get(_DESELECTED_KEY, 0)
     selection = Selection(
@@ -137,7 +145,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.skipped and not hasattr(report, "wasxfail") and ("kvperf_bench" in fixtures or "kvperf_case" in fixtures):
         longrepr = report.longrepr
         reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-        model = item.config.stash[CONFIG_KEY].model
+        model = kvperf_config_of(item.config).model
         skipped = item.config.stash.setdefault(_SKIPPED_KEY, {})
         skipped[item.name] = SkippedCase(name=item.name, model=model, reason=reason.removeprefix("Skipped: "))
     return report
@@ -146,9 +154,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def _environment(config: pytest.Config) -> Environment:
     """This session's environment fingerprint, computed once."""
     if _ENV_KEY not in config.stash:
-        cfg = config.stash[CONFIG_KEY]
+        cfg = kvperf_config_of(config)
         threads = getattr(cfg.tier, "cpu_threads", None)
-        config.stash[_ENV_KEY] = current_environment(torch.device(cfg.device).type, root=config.rootpath,
+        config.stash[_ENV_KEY] = current_environment(cfg.device_type, root=config.rootpath,
                                                      torch_threads=threads)
     return config.stash[_ENV_KEY]
 
@@ -167,6 +175,8 @@ class _Gate:
     allow_partial: bool = False
     #: The save goes to the tier's default baseline (``baselines/<key>/<tier>.json`` of the project).
     save_is_default: bool = False
+    #: Why the baseline compared with is not this environment's own (``_default_baseline``).
+    baseline_note: str = ""
 
     @classmethod
     def from_pytest_config(cls, config: pytest.Config) -> _Gate:
@@ -185,7 +195,7 @@ class _Gate:
                               "baseline of this environment")
         if save is None and compare_to is None:
             return gate
-        env, tier = _environment(config), config.stash[CONFIG_KEY].tier.name
+        env, tier = _environment(config), kvperf_config_of(config).tier.name
         default_dir = config.rootpath / BASELINE_DIR
         save_path, save_is_default = None, False
         if save is not None:
@@ -197,23 +207,55 @@ class _Gate:
                                   "replace it on purpose, or --kvperf-save-baseline=DIR to save elsewhere")
             # Now, not after the whole run: a directory that can't be written would lose it.
             check_writable(save_path.parent)
-        baseline = None
+        baseline, baseline_note = None, ""
         if compare_to is not None:
-            path = baseline_path(default_dir, env.key(), tier) if compare_to == _DEFAULT else Path(compare_to)
-            if compare_to == _DEFAULT and not path.exists():
-                raise KvperfError(f"no baseline for this environment ({path}): save one first with "
-                                  "`pytest benchmarks --kvperf-save-baseline`, or pass --kvperf-compare=FILE")
-            baseline = load_baseline(path)
+            if compare_to == _DEFAULT:
+                path, baseline, baseline_note = _default_baseline(default_dir, env, tier)
+            else:
+                path = Path(compare_to)
+                baseline = load_baseline(path)
             if not gate.allow_env_mismatch:
                 _check_environment(path, baseline.environment, env, gate.timings)
         return cls(save_path=save_path, overwrite=gate.overwrite, baseline=baseline, thresholds=thresholds,
-                   timings=gate.timings, allow_env_mismatch=gate.allow_env_mismatch, save_is_default=save_is_default)
+                   timings=gate.timings, allow_env_mismatch=gate.allow_env_mismatch, allow_partial=gate.allow_partial,
+                   save_is_default=save_is_default, baseline_note=baseline_note)
+
+
+def _default_baseline(directory: Path, env: Environment, tier: str) -> tuple[Path, Baseline, str]:
+    """The baseline ``--kvperf-compare`` uses without a path: this environment's own
+    (``DIR/<key>/<tier>.json``), else a committed one of the same software and device, the same
+    hardware first (a fresh clone has no baseline of its own machine: it gets the deterministic
+    metrics gated against the reference, and its timings left out, never a false regression)."""
+    own = baseline_path(directory, env.key(), tier)
+    if own.exists():
+        return own, load_baseline(own), ""
+    candidates = sorted(p for p in directory.glob(f"*/{tier}.json") if p != own)
+    if not candidates:
+        raise KvperfError(f"no baseline for this environment ({own}): save one first with "
+                          "`pytest benchmarks --kvperf-save-baseline`, or pass --kvperf-compare=FILE")
+    usable: list[tuple[bool, Path, Baseline]] = []
+    other_software: list[str] = []
+    for path in candidates:
+        baseline = load_baseline(path)
+        mismatch = mismatched_fields(baseline.environment, env, timings=False)
+        if mismatch:
+            other_software.append(f"{path} ({'; '.join(mismatch)})")
+        else:
+            same_hardware = not mismatched_fields(baseline.environment, env, timings=True, host=False)
+            usable.append((not same_hardware, path, baseline))
+    if not usable:
+        raise KvperfError(f"no baseline for this environment ({own}), and the saved ones were made with other "
+                          f"software: {', '.join(other_software)}: save one with `pytest benchmarks "
+                          "--kvperf-save-baseline`, or pass --kvperf-compare=FILE --kvperf-allow-env-mismatch")
+    _, path, baseline = min(usable, key=lambda u: (u[0], str(u[1])))
+    return path, baseline, (f"no baseline of this machine ({own}); compared with {path} (same torch, transformers "
+                            "and device, another machine)")
 
 
 def _check_environment(path: Path, baseline: Environment, current: Environment, timings: TimingMode) -> None:
     """Refuse a baseline from another environment now, before the benchmarks run, with the fix that
     applies: other software or device changes every metric, so only --kvperf-allow-env-mismatch
-    helps; another machine changes timings only, so --kvperf-timings auto helps too."""
+    helps; another machine changes timings only, which are gated only under --kvperf-timings gate."""
     exact = mismatched_fields(baseline, current, timings=False)
     timing = mismatched_fields(baseline, current, timings=timings == "gate")
     if exact:
@@ -221,8 +263,9 @@ def _check_environment(path: Path, baseline: Environment, current: Environment, 
                           "metric: use a baseline made with this torch, transformers and device, or "
                           "--kvperf-allow-env-mismatch to compare anyway")
     if timing:
-        raise KvperfError(f"{path}: baseline environment differs in {'; '.join(timing)}: use the baseline of this "
-                          "environment, --kvperf-timings auto (deterministic metrics only), or "
+        raise KvperfError(f"{path}: baseline environment differs in {'; '.join(timing)}: timings are gated only "
+                          "against a baseline of this machine: use the baseline of this environment, "
+                          "--kvperf-timings report (gate the deterministic metrics, leave timings out), or "
                           "--kvperf-allow-env-mismatch")
 
 
@@ -246,6 +289,8 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
     """Mark a JSON holding kvperf benchmarks with kvperf's schema version (it is then a baseline), what
     the run selected (``kvperf_subset``, ``kvperf_selection``) and what it skipped (``kvperf_skipped_cases``)."""
     if any("kvperf_schema" in (b.get("extra_info") or {}) for b in output_json.get("benchmarks", [])):
+        from kvperf.bench import SCHEMA_VERSION  # imported already: kvperf cases ran
+
         output_json["kvperf"] = {"schema": SCHEMA_VERSION}
         selection = config.stash.get(_SELECTION_KEY, None)
         if selection is not None:
@@ -337,14 +382,50 @@ def _save(session: pytest.Session, path: Path, overwrite: bool, data: dict[str, 
                      + ", ".join(skipped))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Before pytest-benchmark's summary: leave its whole-call tables out when kvperf prints its own
+    (``--kvperf-benchmark-table`` keeps them). Its regression check and its JSON are untouched."""
+    session = getattr(config, "_benchmarksession", None)
+    if session is not None and _ran_kvperf(config) and not config.getoption("kvperf_benchmark_table"):
+        session.quiet = True
+
+
+def _kvperf_cases(config: pytest.Config) -> list[dict[str, Any]]:
+    session = getattr(config, "_benchmarksession", None)
+    return [b.extra_info for b in getattr(session, "benchmarks", []) if "kvperf_schema" in getattr(b, "extra_info", {})]
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_terminal_summary")  # after pytest-benchmark's tables
+def pytest_terminal_summary_kvperf(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """kvperf's summary, one table per experiment, then the baseline section; the verdict last."""
+    cases = _kvperf_cases(config)
+    if cases:
+        terminalreporter.section("kvperf summary")
+        write_summary(terminalreporter.write_line, cases)
+        json_path = config.getoption("benchmark_json", None)
+        if json_path:
+            terminalreporter.write_line(f"kvperf: every round is in {json_path}: `kvperf report {json_path}` for the "
+                                        "experiments' tables and plots")
+        else:
+            terminalreporter.write_line("kvperf: add --benchmark-json=FILE to keep every round for `kvperf report "
+                                        "FILE` and `kvperf compare`")
     comparison = config.stash.get(_COMPARISON_KEY, None)
     lines = config.stash.get(_OUTCOME_KEY, [])
     if comparison is None and not lines:
         return
     terminalreporter.section("kvperf baseline")
-    if comparison is not None:
-        for line in render_table(comparison).splitlines():
-            terminalreporter.write_line(line, red=bool(comparison.regressions) and line.startswith("verdict"))
+    gate = config.stash.get(_GATE_KEY, None)
+    table = render_table(comparison).splitlines() if comparison is not None else []
+    for line in table[:-1]:
+        terminalreporter.write_line(line)
+    if comparison is not None and gate is not None and gate.baseline is not None:
+        if gate.baseline_note:
+            terminalreporter.write_line(f"kvperf: {gate.baseline_note}")
+        terminalreporter.write_line(f"kvperf: environment key {_environment(config).key()} (this run), "
+                                    f"{gate.baseline.environment.key()} (baseline {gate.baseline.source})")
     for line in lines:
         terminalreporter.write_line(line)
+    if table:  # the verdict comes last
+        terminalreporter.write_line(table[-1], red=comparison is not None and bool(comparison.regressions),
+                                    green=comparison is not None and comparison.outcome == "pass")

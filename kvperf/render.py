@@ -17,7 +17,8 @@ __all__ = ["render_markdown", "render_table", "scope", "verdict_line"]
 
 _METRIC_LABEL = {**{m.name: m.label for m in METRICS}, OUTPUT_METRIC: "output"}
 _METRIC_UNIT = {m.name: m.unit for m in METRICS}
-_MARK = {"regressed": "❌ regressed", "improved": "✅ improved", "unchanged": "unchanged", "new": "🆕 new",
+_MARK = {"regressed": "❌ regressed", "slower": "🐢 slower (not gated)",
+         "improved": "✅ improved", "unchanged": "unchanged", "new": "🆕 new",
          "missing": "⚠️ missing"}
 
 
@@ -50,6 +51,7 @@ def _format_ci(v: Verdict) -> str:
 
 def _rows(comparison: Comparison, everything: bool) -> list[list[str]]:
     rows: list[list[str]] = []
+    reported = set(comparison.reported_slowdowns)
     seen_whole_case: set[tuple[str, str]] = set()
     for v in comparison.verdicts:
         if v.verdict in ("new", "missing"):  # a whole case: one row for all its metrics
@@ -67,7 +69,8 @@ def _rows(comparison: Comparison, everything: bool) -> list[list[str]]:
         threshold = f"±{v.threshold_pct:g}%" if v.threshold_pct is not None else ""
         note = "; ".join(part for part in (v.note, f"threshold {threshold}" if v.verdict != "unchanged" else "")
                          if part)
-        rows.append([v.case, _METRIC_LABEL[v.metric], v.verdict, _format_value(v.metric, v.baseline),
+        shown = "slower" if v in reported else v.verdict  # a timing under --timings report: not a regression
+        rows.append([v.case, _METRIC_LABEL[v.metric], shown, _format_value(v.metric, v.baseline),
                      _format_value(v.metric, v.current), _format_change(v), _format_ci(v), note])
     return rows
 
@@ -77,7 +80,10 @@ _HEADER = ["case", "metric", "verdict", "baseline", "current", "change", "95% CI
 
 def _summary(comparison: Comparison) -> str:
     counts = comparison.counts()
-    return ", ".join(f"{counts[name]} {name}" for name in ("regressed", "improved", "unchanged", "new", "missing"))
+    parts = [f"{counts[name]} {name}" for name in ("regressed", "improved", "unchanged", "new", "missing")]
+    if counts["reported"]:
+        parts.insert(1, f"{counts['reported']} slower (timings reported, not gated)")
+    return ", ".join(parts)
 
 
 def scope(comparison: Comparison) -> str:
@@ -90,7 +96,7 @@ def scope(comparison: Comparison) -> str:
         timings = "timings: not compared"
     else:
         t = comparison.timing_counts()
-        timings = f"timings: {t['tested']} of {t['total']} tested"
+        timings = f"timings{'' if comparison.timings_gated else ' (reported)'}: {t['tested']} of {t['total']} tested"
         timings += f", {t['noisy']} too noisy" if t["noisy"] else ""
         timings += f", {t['no_samples']} without raw samples" if t["no_samples"] else ""
     return f"{', '.join(parts)}; {timings}"
@@ -105,7 +111,9 @@ def verdict_line(comparison: Comparison) -> str:
         return (f"verdict: NOT TESTED: timings were gated and none could be tested ({scope(comparison)}); rerun "
                 f"on a quieter machine, or pass {comparison.flag_prefix}timings skip to gate only the "
                 "deterministic metrics")
-    return f"verdict: no regression ({scope(comparison)})"
+    slower = len(comparison.reported_slowdowns)
+    reported = f"; {slower} timing(s) slower, reported not gated" if slower else ""
+    return f"verdict: no regression ({scope(comparison)}{reported})"
 
 
 def render_table(comparison: Comparison, *, everything: bool = False) -> str:

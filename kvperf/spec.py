@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from kvperf.errors import UsageError
 
-__all__ = ["CACHE_MODES", "DTYPES", "CacheMode", "GenerationSpec", "dtype_short_name", "parse_dtype"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CACHE_MODES", "DTYPES", "DTYPE_NAMES", "CacheMode", "GenerationSpec", "canonical_dtype",
+           "dtype_short_name", "parse_dtype"]
 
 CacheMode = Literal["on", "off", "static"]
 #: "on" is transformers' default dynamic cache, "off" is ``use_cache=False`` (every step recomputes the
@@ -17,28 +19,46 @@ CacheMode = Literal["on", "off", "static"]
 CACHE_MODES: tuple[str, ...] = ("on", "off", "static")
 
 #: The dtypes kvperf accepts, by the names users type, with the short form used in benchmark ids.
-DTYPES: dict[str, tuple[torch.dtype, str]] = {
-    "float32": (torch.float32, "fp32"),
-    "bfloat16": (torch.bfloat16, "bf16"),
-    "float16": (torch.float16, "fp16"),
-}
+#: Plain names, so that reading a spec does not import torch (the plugin loads in every pytest
+#: session); ``DTYPES`` maps them to torch dtypes on first use.
+_SHORT_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+DTYPE_NAMES: tuple[str, ...] = tuple(_SHORT_NAMES)
 _ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
+
+if TYPE_CHECKING:
+    DTYPES: dict[str, tuple[torch.dtype, str]]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DTYPES":  # torch's dtypes, imported on first use
+        import torch
+
+        return {full: (getattr(torch, full), short) for full, short in _SHORT_NAMES.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def canonical_dtype(name: str) -> str:
+    """``"bf16"`` -> ``"bfloat16"``: the name of a user-supplied dtype, without importing torch."""
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in _SHORT_NAMES:
+        raise UsageError(f"unknown dtype {name!r}: use one of {', '.join(DTYPE_NAMES)}")
+    return key
 
 
 def parse_dtype(name: str) -> torch.dtype:
     """Return the torch dtype for a user-supplied name such as ``"bfloat16"`` or ``"bf16"``."""
-    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
-    if key not in DTYPES:
-        raise UsageError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
-    return DTYPES[key][0]
+    import torch
+
+    dtype: torch.dtype = getattr(torch, canonical_dtype(name))
+    return dtype
 
 
-def dtype_short_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bf16"``, the form used in benchmark ids."""
-    for full, short in DTYPES.values():
-        if full == dtype:
-            return short
-    raise UsageError(f"unsupported dtype {dtype}: use one of {', '.join(DTYPES)}")
+def dtype_short_name(dtype: torch.dtype | str) -> str:
+    """``torch.bfloat16`` (or ``"bfloat16"``) -> ``"bf16"``, the form used in benchmark ids."""
+    name = str(dtype).removeprefix("torch.")
+    if name not in _SHORT_NAMES:
+        raise UsageError(f"unsupported dtype {dtype}: use one of {', '.join(DTYPE_NAMES)}")
+    return _SHORT_NAMES[name]
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,7 @@ class GenerationSpec:
         """Positions the sequence reaches: prompt plus generated tokens."""
         return self.prompt_len + self.new_tokens
 
-    def case_id(self, dtype: torch.dtype | None = None) -> str:
+    def case_id(self, dtype: torch.dtype | str | None = None) -> str:
         """A readable id such as ``cache=on-bs=4-prompt=128-new=64-bf16``."""
         parts = [f"cache={self.cache}", f"bs={self.batch_size}", f"prompt={self.prompt_len}",
                  f"new={self.new_tokens}"]

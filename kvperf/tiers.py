@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from itertools import product
 
 from kvperf.errors import UsageError
-from kvperf.spec import CacheMode, GenerationSpec
+from kvperf.spec import CacheMode, GenerationSpec, canonical_dtype
 
 __all__ = ["DEFAULT_DTYPES", "EXPERIMENTS", "MAX_CPU_THREADS", "MAX_ROUNDS", "MAX_WARMUP_ROUNDS", "TIERS", "Case",
            "Tier", "get_tier"]
@@ -52,9 +52,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        from kvperf.spec import parse_dtype
-
-        return self.spec.case_id(parse_dtype(self.dtype))
+        return self.spec.case_id(canonical_dtype(self.dtype))
 
 
 @dataclass(frozen=True)

@@ -92,17 +92,26 @@ def test_compare_exit_codes_and_formats(tmp_path: Path, good: Path, capsys):
     same = write(tmp_path / "same.json", result_json({CASE: info(BASE)}))
     slow = write(tmp_path / "slow.json", result_json({CASE: info([t * 1.3 for t in BASE])}))
     assert main(["compare", str(good), str(same)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == ("verdict: no regression (1 case compared; timings: 4 of 4 "
-                                                        "tested)")
-    assert main(["compare", str(good), str(slow)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == ("verdict: no regression (1 case compared; timings (reported): "
+                                                        "4 of 4 tested)")
+    # Timings against a stored file are reported by default, and gate only when asked (a dedicated runner).
+    assert main(["compare", str(good), str(slow)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == ("verdict: no regression (1 case compared; timings (reported): 4 of 4 tested; "
+                                    "3 timing(s) slower, reported not gated)")
+    assert "0 regressed, 3 slower (timings reported, not gated)" in out
+    assert main(["compare", str(good), str(slow), "--timings", "gate"]) == 1
     assert "verdict: REGRESSION" in capsys.readouterr().out
-    assert main(["compare", str(good), str(slow), "--threshold", "e2e=50", "--threshold", "tpot=50",
-                 "--threshold", "tokens_per_s=50"]) == 0
+    assert main(["compare", str(good), str(slow), "--timings", "gate", "--threshold", "e2e=50", "--threshold",
+                 "tpot=50", "--threshold", "tokens_per_s=50"]) == 0
     capsys.readouterr()
-    assert main(["compare", str(good), str(slow), "--format", "markdown"]) == 1
+    assert main(["compare", str(good), str(slow), "--timings", "gate", "--format", "markdown"]) == 1
     assert capsys.readouterr().out.startswith("### kvperf: ❌ Performance regression")
-    assert main(["compare", str(good), str(slow), "--format", "json"]) == 1
+    assert main(["compare", str(good), str(slow), "--timings", "gate", "--format", "json"]) == 1
     assert json.loads(capsys.readouterr().out)["counts"]["regressed"] == 3
+    assert main(["compare", str(good), str(slow), "--format", "json"]) == 0
+    counts = json.loads(capsys.readouterr().out)["counts"]
+    assert (counts["regressed"], counts["reported"]) == (0, 3)
     assert main(["compare", str(good), str(same), "--threshold", "speed=5"]) == 2
     assert capsys.readouterr().err.startswith("kvperf: error: bad threshold 'speed=5'")
 

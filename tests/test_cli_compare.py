@@ -39,7 +39,8 @@ def test_missing_cases_exit_2_unless_allow_partial(tmp_path: Path, capsys):
     out = capsys.readouterr().out
     assert f"note: MISSING: 1 case(s) of the baseline are not in the current run and were not compared " \
            f"(--allow-partial): {OTHER}" in out
-    assert out.splitlines()[-1] == "verdict: no regression (1 case compared, 1 missing; timings: 4 of 4 tested)"
+    assert out.splitlines()[-1] == ("verdict: no regression (1 case compared, 1 missing; timings (reported): 4 of 4 "
+                                    "tested)")
     assert main(["compare", str(both), str(one), "--allow-partial", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["cases"] == {"compared": 1, "missing": 1, "new": 0}
@@ -48,14 +49,15 @@ def test_missing_cases_exit_2_unless_allow_partial(tmp_path: Path, capsys):
 
 def test_gated_timings_that_were_all_too_noisy_exit_8(tmp_path: Path, capsys):
     busy = write(tmp_path / "busy.json", result_json({CASE: info(BASE, wait=[0.3] * 5)}))
-    assert main(["compare", str(busy), str(busy)]) == 8
+    assert main(["compare", str(busy), str(busy), "--timings", "gate"]) == 8
     assert capsys.readouterr().out.splitlines()[-1].startswith("verdict: NOT TESTED: timings were gated and none "
                                                                "could be tested (1 case compared; timings: 0 of 4")
     assert main(["compare", str(busy), str(busy), "--timings", "skip"]) == 0
     capsys.readouterr()
-    assert main(["compare", str(busy), str(busy), "--max-cpu-wait", "0.5"]) == 0  # those rounds count as quiet
+    # those rounds count as quiet
+    assert main(["compare", str(busy), str(busy), "--timings", "gate", "--max-cpu-wait", "0.5"]) == 0
     capsys.readouterr()
-    assert main(["compare", str(busy), str(busy), "--format", "markdown"]) == 8
+    assert main(["compare", str(busy), str(busy), "--timings", "gate", "--format", "markdown"]) == 8
     assert capsys.readouterr().out.startswith("### kvperf: ⚠️ Timings not tested: not a pass\n")
 
 

@@ -285,7 +285,8 @@ def test_another_machine_gates_timings_only_when_asked():
     runner = replace(ENV, cpu_model="Other CPU", cpu_count=4, git_commit="def")
     base, cur = run({CASE: info(BASE)}), run({CASE: info([t * 2 for t in BASE], flops=2e6)}, env=runner)
     with pytest.raises(BadInputError, match=r"^timing environments differ in cpu_model \('Test CPU' -> 'Other "
-                                            r"CPU'\); cpu_count \(2 -> 4\): compare runs from one machine"):
+                                            r"CPU'\); cpu_count \(2 -> 4\): timings are gated only between runs of one "
+                                            r"machine"):
         compare(base, cur)
     auto = compare(base, cur, timings="auto")
     assert not auto.timings_compared
@@ -371,3 +372,34 @@ def test_an_output_that_varied_between_rounds_or_was_not_recorded_is_not_compare
                             f"deterministic there), so it was not compared: {CASE}",)
     older_kvperf = compare(run({CASE: info(BASE)}), run({CASE: hashed(HASH_B)}), gate_output=True)
     assert older_kvperf.exit_code == 0 and older_kvperf.output_changes == () and older_kvperf.notes == ()
+
+
+def test_report_mode_shows_slower_timings_but_fails_only_on_deterministic_metrics():
+    slow = run({CASE: info([t * 1.3 for t in BASE])})
+    reported = compare(run({CASE: info(BASE)}), slow, timings="report")
+    assert verdicts(reported, "e2e") == ["regressed"] and reported.regressions == []
+    assert [v.metric for v in reported.reported_slowdowns] == ["e2e", "tpot", "tokens_per_s"]
+    assert reported.exit_code == 0 and not reported.timings_required
+    assert reported.notes[-1].startswith("timings reported, not gated (--timings report")
+    assert "slower" in render_table(reported) and "🐢 slower (not gated)" in render_markdown(reported)
+    # A deterministic metric still fails it.
+    more_work = compare(run({CASE: info(BASE)}), run({CASE: info(BASE, flops=2e6)}), timings="report")
+    assert [v.metric for v in more_work.regressions] == ["flops_per_token"] and more_work.exit_code == 1
+
+
+def test_the_same_hardware_on_another_machine_compares_peak_memory_but_not_timings():
+    """Two VMs of one CPU model and size are not one machine: their timings drift apart."""
+    here, there = replace(ENV, machine_id="aaaa"), replace(ENV, machine_id="bbbb")
+    base = run({CASE: info(BASE, peak=10_000)}, env=here)
+    cur = run({CASE: info([t * 2 for t in BASE], peak=12_000)}, env=there)
+    with pytest.raises(BadInputError, match=r"^timing environments differ in machine_id \(another machine\): "):
+        compare(base, cur, timings="gate")
+    for mode in ("report", "auto"):
+        comparison = compare(base, cur, timings=mode)  # type: ignore[arg-type]
+        assert not comparison.timings_compared
+        assert {v.metric for v in comparison.verdicts} == {"peak_memory", "kv_bytes", "flops_per_token"}
+        assert [v.metric for v in comparison.regressions] == ["peak_memory"]
+        assert comparison.notes[-1] == "timings not compared: the machines differ in machine_id (another machine)"
+    old = run({CASE: info(BASE)}, env=ENV)  # a baseline made before kvperf recorded the machine
+    assert compare(old, run({CASE: info(BASE)}, env=here), timings="report").notes[-1] == (
+        "timings not compared: the machines differ in machine_id (not recorded in the baseline)")

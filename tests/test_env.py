@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 import transformers
 
-from kvperf.env import CpuContention, Environment, current_environment, fields_that_matter, mismatched_fields
+from kvperf.baseline import load_baseline
+from kvperf.env import (
+    CpuContention,
+    Environment,
+    current_environment,
+    fields_that_matter,
+    machine_id,
+    mismatched_fields,
+)
 from tests.test_compare import ENV
 
 
@@ -60,3 +70,22 @@ def test_contention_of_a_round_that_only_sleeps_is_small():
     contention = meter.stop()
     assert contention.wait is not None and 0 <= contention.wait < 0.5
     assert contention.others is not None and contention.others >= 0
+
+
+def test_the_machine_identity_is_a_salted_hash_in_the_key(monkeypatch):
+    monkeypatch.setenv("KVPERF_MACHINE_ID", "runner-pool-7")
+    first = machine_id()
+    assert first is not None and len(first) == 16 and int(first, 16) >= 0
+    assert "runner" not in first and first == machine_id()
+    monkeypatch.setenv("KVPERF_MACHINE_ID", "runner-pool-8")
+    assert machine_id() != first
+    monkeypatch.delenv("KVPERF_MACHINE_ID")
+    here = machine_id()
+    assert here is not None and socket.gethostname() not in here
+    assert current_environment("cpu", root=".").machine_id == here
+    # Same CPU model and count, another machine: another key. No identity recorded: the key it had before.
+    assert replace(ENV, machine_id="a").key() != replace(ENV, machine_id="b").key() != ENV.key()
+    for path in Path(__file__).parents[1].glob("baselines/*/*.json"):  # committed ones keep their directory
+        assert load_baseline(path).environment.key() == path.parent.name
+    assert fields_that_matter(ENV, timings=True, host=False) == tuple(
+        f for f in fields_that_matter(ENV, timings=True) if f != "machine_id")

@@ -78,9 +78,10 @@ def test_pytest_benchmark_compare_reads_a_saved_baseline(pytester: pytest.Pytest
                            "--kvperf-save-baseline`, or pass --kvperf-compare=FILE"),
     (["--kvperf-compare=bad.json"], "ERROR: bad.json: truncated (line 1, column *"),
     (["--kvperf-compare=plain.json"], "ERROR: plain.json: not a kvperf baseline*"),
-    (["--kvperf-compare=other.json"], "ERROR: other.json: baseline environment differs in cpu_model ('Another "
-                                      "CPU' -> *): use the baseline of this environment, --kvperf-timings auto "
-                                      "(deterministic metrics only), or --kvperf-allow-env-mismatch"),
+    (["--kvperf-compare=other.json", "--kvperf-timings=gate"],
+     "ERROR: other.json: baseline environment differs in cpu_model ('Another CPU' -> *): timings are gated only "
+     "against a baseline of this machine: use the baseline of this environment, --kvperf-timings report (gate the "
+     "deterministic metrics, leave timings out), or --kvperf-allow-env-mismatch"),
     (["--kvperf-threshold", "tpot"], "ERROR: bad threshold 'tpot': write METRIC=PCT*"),
     (["--kvperf-save-baseline="], "ERROR: --kvperf-save-baseline= names no directory (it would save into the current "
                                   "one): give --kvperf-save-baseline=DIR, or no value for baselines/ in the project "

@@ -21,11 +21,16 @@ def _save(pytester: pytest.Pytester) -> Path:
 def test_the_pytest_verdict_says_how_much_was_tested(pytester: pytest.Pytester):
     path = _save(pytester)
     # Two rounds a case: fewer than the 3 quiet rounds a timing verdict needs, so none is tested.
-    result = pytester.runpytest(*TINY, f"--kvperf-compare={path}")
+    result = pytester.runpytest(*TINY, f"--kvperf-compare={path}", "--kvperf-timings=gate")
     result.stdout.fnmatch_lines([
         "verdict: NOT TESTED: timings were gated and none could be tested (2 cases compared; timings: 0 of 8 tested, "
         "8 too noisy); rerun on a quieter machine, or pass --kvperf-timings skip to gate only the deterministic "
         "metrics"])
+    # Reported, not gated (the default): nothing could be tested, and the verdict says so without failing.
+    result = pytester.runpytest(*TINY, f"--kvperf-compare={path}")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["verdict: no regression (2 cases compared; timings (reported): 0 of 8 tested, "
+                                 "8 too noisy)"])
     result = pytester.runpytest(*TINY, f"--kvperf-compare={path}", "--kvperf-timings=skip")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["verdict: no regression (2 cases compared; timings: not compared)"])

@@ -1,0 +1,112 @@
+"""kvperf's own terminal summary at the end of ``pytest benchmarks``: one compact table per experiment.
+
+pytest-benchmark's tables time the whole ``generate`` call and nothing else; what a KV-cache run is
+about is TTFT, TPOT, tokens/s, peak and KV memory, and how much the cache saves. Each row is one case
+(medians over its rounds). ``vs off`` is the e2e time of the same case with the cache off divided by
+this row's: above 1 the cache saves time. A ``!`` marks a case whose rounds waited for a core more
+than ``MAX_CPU_WAIT`` of the time (median ``cpu_wait``): another process slowed it, read its timings
+with care.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from kvperf.report import Table, format_table
+
+__all__ = ["CONTENDED_WAIT", "EXPERIMENT_ORDER", "contended", "ordered_experiments", "summary_tables",
+           "write_summary"]
+
+Row = dict[str, Any]
+
+#: The experiments in the order the README presents them; others (``custom``) after, by name.
+EXPERIMENT_ORDER = ("matrix", "length", "batch", "context", "first_token")
+#: A case whose median round waited for a core longer than this share of its wall time is contended
+#: (the same limit as ``kvperf.compare.MAX_CPU_WAIT``, above which a comparison drops a round).
+CONTENDED_WAIT = 0.05
+
+_TITLES = {
+    "matrix": "matrix: cache on / static / off x batch x prompt",
+    "length": "length (experiment 1): cache on vs off against new tokens",
+    "batch": "batch (experiment 2): throughput against batch size",
+    "context": "context (experiment 3): latency and memory against prompt length",
+    "first_token": "first_token (experiment 4): TTFT against TPOT",
+}
+
+
+def ordered_experiments(names: Iterable[str]) -> list[str]:
+    """``names`` in the README's experiment order, unknown ones after it by name."""
+    known = [n for n in EXPERIMENT_ORDER if n in set(names)]
+    return known + sorted(set(names) - set(EXPERIMENT_ORDER))
+
+
+def contended(case: Row) -> float | None:
+    """The median share of its rounds' wall time a case waited for a core, if above
+    ``CONTENDED_WAIT``; None for a quiet case or one without the record."""
+    waits = [w for w in case.get("cpu_wait_samples") or [] if isinstance(w, (int, float))]
+    if not waits:
+        return None
+    wait = statistics.median(waits)
+    return wait if wait > CONTENDED_WAIT else None
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g}" if seconds < 1 else f"{seconds * 1e3:,.0f}"
+
+
+def _mib(nbytes: float) -> str:
+    return "n/a" if nbytes < 0 else f"{nbytes / 2**20:.3g}"
+
+
+def _key(case: Row) -> tuple[Any, ...]:
+    return case["batch_size"], case["prompt_len"], case["new_tokens"], case["dtype"]
+
+
+def _table(experiment: str, cases: Sequence[Row]) -> Table:
+    off = {_key(c): c for c in cases if c["cache"] == "off"}
+    order = {"on": 0, "static": 1, "off": 2}
+    rows: list[tuple[str, ...]] = []
+    flagged = 0
+    for c in sorted(cases, key=lambda c: (c["dtype"], c["batch_size"], c["prompt_len"], c["new_tokens"],
+                                          order.get(c["cache"], 3))):
+        twin = off.get(_key(c))
+        speedup = f"{twin['e2e_s'] / c['e2e_s']:.2f}x" if twin is not None and c["cache"] != "off" else ""
+        wait = contended(c)
+        flagged += wait is not None
+        rows.append((c["cache"], str(c["batch_size"]), str(c["prompt_len"]), str(c["new_tokens"]), c["dtype"],
+                     _ms(c["ttft_s"]), _ms(c["tpot_s"]), f"{c['tokens_per_s']:.4g}", _mib(c["peak_memory_bytes"]),
+                     _mib(c["kv_cache_bytes"]), speedup, "" if wait is None else f"! {wait:.0%}"))
+    headers: tuple[str, ...] = ("cache", "bs", "prompt", "new", "dtype", "TTFT ms", "TPOT ms", "tok/s", "peak MiB",
+                                "KV MiB", "vs off", "wait")
+    if not flagged:  # the column says nothing on a quiet run
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
+    notes = [f"! {flagged} case(s) waited for a core (median cpu_wait above {CONTENDED_WAIT:.0%}): another "
+             "process slowed them"] if flagged else []
+    model = cases[0].get("model", "?")
+    tier = cases[0].get("tier", "?")
+    return Table(f"{_TITLES.get(experiment, experiment)} [{model}, tier {tier}]", headers, tuple(rows),
+                 tuple(notes))
+
+
+def summary_tables(cases: Iterable[Row]) -> list[Table]:
+    """One table per experiment of ``cases`` (``extra_info`` dicts), in the README's order."""
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for case in cases:
+        groups[str(case.get("experiment", "custom"))].append(case)
+    return [_table(name, groups[name]) for name in ordered_experiments(groups)]
+
+
+def write_summary(write_line: Any, cases: Iterable[Row]) -> None:
+    """Write the tables with ``write_line`` (a pytest ``TerminalReporter.write_line``), then one line
+    on what the columns mean."""
+    tables = summary_tables(cases)
+    for table in tables:
+        for line in format_table(table).rstrip("\n").splitlines():
+            write_line(line)
+        write_line("")
+    if tables:
+        write_line("medians over the timed rounds; TTFT = prefill + first token; TPOT = (e2e - TTFT) / (new - 1);")
+        write_line("peak = weights + what the call allocated; vs off = e2e with the cache off / e2e of this row")
