@@ -21,11 +21,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from kvperf.baseline import Baseline, CaseKey
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["OUTPUT_METRIC", "OutputChange", "output_changes", "output_notes", "output_sha256", "output_verdict_note"]
 
@@ -36,6 +37,8 @@ OUTPUT_METRIC = "output"
 def output_sha256(sequences: torch.Tensor, prompt_len: int) -> str:
     """SHA-256 of the generated token ids: every position after the prompt, row by row, as little-endian
     64-bit integers, after the shape (so that 2 rows of 3 tokens and 3 rows of 2 differ)."""
+    import torch  # here, not at the top: compare and render read this module, and they never need torch
+
     generated = sequences[:, prompt_len:].to(device="cpu", dtype=torch.int64)
     digest = hashlib.sha256(f"{tuple(generated.shape)}".encode())
     digest.update(b"".join(token.to_bytes(8, "little", signed=True) for token in generated.flatten().tolist()))
