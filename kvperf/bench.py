@@ -16,6 +16,7 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from kvperf.env import Contention, CpuContention
+from kvperf.errors import UsageError
 from kvperf.harness import GenerationResult, GenerationTiming, measure_peak_memory, result_from_timing, time_generation
 from kvperf.kv_size import spec_kv_cache_bytes
 from kvperf.prompts import make_prompts
@@ -68,8 +69,12 @@ def benchmark_generation(
     timed = timings[-rounds:] if len(timings) > rounds else timings
     peak = measure_peak_memory(model, spec, input_ids, attention_mask)
     benchmark.extra_info.update(measure_work(model, spec, input_ids, attention_mask).summary())
-    # The formula's bytes beside the measured ones, so every report can set one against the other.
-    benchmark.extra_info["kv_cache_formula_bytes"] = spec_kv_cache_bytes(model.config, spec, model.dtype)
+    # The formula's bytes beside the measured ones, so every report can set one against the other. A
+    # family the formula cannot size still benchmarks: the formula is null, with the reason.
+    try:
+        benchmark.extra_info["kv_cache_formula_bytes"] = spec_kv_cache_bytes(model.config, spec, model.dtype)
+    except UsageError as exc:
+        benchmark.extra_info.update(kv_cache_formula_bytes=None, kv_cache_formula_note=str(exc))
     benchmark.extra_info["cpu_wait_samples"] = [c.wait for c in contention[-len(timed):]]
     benchmark.extra_info["cpu_others_samples"] = [c.others for c in contention[-len(timed):]]
     return [result_from_timing(model, spec, timing, peak) for timing in timed]

@@ -15,7 +15,7 @@ import torch
 from transformers import PretrainedConfig
 
 from kvperf.errors import UsageError
-from kvperf.kv_size import KvShape, Quantization, estimate_kv_cache, kv_cache_bytes
+from kvperf.kv_size import KvShape, Quantization, estimate_kv_cache, kv_cache_bytes, quantizable_kv_width
 from kvperf.models import max_positions
 from kvperf.spec import DTYPES, parse_dtype
 
@@ -133,12 +133,14 @@ def max_context_tokens(
 ) -> int:
     """The largest ``seq_len`` (at most ``limit_tokens``) whose cache fits in ``budget_bytes``; 0 if none.
 
-    Bytes never decrease with ``seq_len``, so a binary search finds it. For quanto, ``q_group_size``
-    must divide ``kv_heads x head_dim`` so that every length can be quantized.
+    The cache's bytes include the conv and recurrent states of hybrid models, which do not grow with
+    ``seq_len``: they are taken from the budget first. Bytes never decrease with ``seq_len``, so a
+    binary search finds it. For quanto, ``q_group_size`` must divide ``kv_heads x head_dim`` so that
+    every length can be quantized.
     """
     shape = config if isinstance(config, KvShape) else KvShape.from_config(config)
     quant = quantization or Quantization()
-    width = shape.num_kv_heads * shape.head_dim
+    width = quantizable_kv_width(shape) if cache == "quantized" else 0
     if cache == "quantized" and quant.backend == "quanto" and width % quant.q_group_size:
         raise UsageError(f"q_group_size {quant.q_group_size} must divide kv_heads x head_dim = {width} "
                          "to size every context length")
@@ -188,8 +190,9 @@ def kv_size_report(
     estimate = estimate_kv_cache(config, batch_size, seq_len if seq_len is not None else limit or 2048, dtype, cache,
                                  quantization=quantization)
     data = estimate.to_dict()
-    order = ("model_type", "num_layers", "num_kv_heads", "head_dim", "layer_windows", "cache", "dtype",
-             "bytes_per_token", "batch_size", "seq_len", "total_bytes", "layer_bytes")
+    order = ("model_type", "num_layers", "num_kv_heads", "head_dim", "layer_kinds", "layer_windows", "cache",
+             "dtype", "bytes_per_token", "batch_size", "seq_len", "kv_bytes", "state_bytes", "total_bytes",
+             "layer_bytes")
     report: dict[str, Any] = {"model": model, **{key: data[key] for key in order}}
     if cache == "quantized":
         report.update(backend=quantization.backend, nbits=quantization.nbits,
@@ -209,7 +212,11 @@ def kv_size_report(
                   cache_budget_bytes=max(0, memory - weights), model_max_positions=limit)
     fit = max_context_tokens(estimate.shape, batch_size, memory - weights, dtype, cache,
                              limit_tokens=limit or 2**31, quantization=quantization)
-    report["max_context_tokens"] = fit
-    report["context_limited_by"] = ("weights" if memory < weights else
-                                    "model positions" if limit is not None and fit == limit else "memory")
+    grows = estimate.bytes_per_token > 0
+    report["max_context_tokens"] = fit if grows or fit == 0 or limit is not None else None
+    report["context_limited_by"] = (
+        "weights" if memory < weights else
+        "memory" if fit == 0 else
+        "model positions" if limit is not None and fit == limit else
+        "nothing: the cache holds constant state only" if not grows else "memory")
     return report

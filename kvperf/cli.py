@@ -138,8 +138,12 @@ def _cmd_kv_size(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     report.pop("layer_bytes")
+    report["layer_kinds"] = ", ".join(f"{kind} x{len(list(run))}" for kind, run in groupby(report["layer_kinds"]))
     report["layer_windows"] = ", ".join(f"{'full' if w is None else w} x{len(list(run))}"
                                         for w, run in groupby(report["layer_windows"]))
+    for key in ("num_kv_heads", "head_dim"):  # None: layers (or keys and values) differ
+        if report[key] is None:
+            report[key] = "varies (see layer_kinds)"
     width = max(len(k) for k in report)
     for key, value in report.items():
         shown = format_bytes(value) if key.endswith("_bytes") and isinstance(value, int) else value

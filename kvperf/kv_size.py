@@ -44,6 +44,7 @@ from transformers import PretrainedConfig
 
 from kvperf.errors import UsageError
 from kvperf.features import quanto_residual_cycle
+from kvperf.kv_layers import KvShape, LayerShape
 from kvperf.spec import GenerationSpec, parse_dtype
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "CacheKind",
     "KvShape",
     "KvSizeEstimate",
+    "LayerShape",
     "Quantization",
     "cache_kwarg",
     "cache_tensors",
@@ -60,109 +62,13 @@ __all__ = [
     "kv_cache_bytes",
     "measure_cache_bytes",
     "measure_layer_bytes",
+    "quantizable_kv_width",
     "returned_cache",
     "spec_kv_cache_bytes",
 ]
 
 CacheKind = Literal["dynamic", "static", "quantized"]
 CACHE_KINDS: tuple[str, ...] = ("dynamic", "static", "quantized")
-_WINDOWED_TYPES = {"sliding_attention": "sliding_window", "chunked_attention": "attention_chunk_size"}
-
-
-def _int_attr(config: PretrainedConfig, *names: str) -> int | None:
-    for name in names:
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-@dataclass(frozen=True)
-class KvShape:
-    """What a config says about its cache: layers, KV heads, head dim, and each layer's window."""
-
-    model_type: str
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    #: Per layer: ``None`` for full attention, else the sliding window (or attention chunk) in tokens.
-    layer_windows: tuple[int | None, ...]
-
-    @classmethod
-    def from_config(cls, config: PretrainedConfig) -> KvShape:
-        """Read GPT-2 style, Llama/Mistral/Qwen style and multi-query configs; refuse anything else."""
-        config = config.get_text_config(decoder=True)
-        model_type = str(getattr(config, "model_type", "") or "unknown")
-        where = f"config of model_type {model_type!r}"
-        if getattr(config, "is_encoder_decoder", False):
-            raise UsageError(f"{where} is an encoder-decoder: kvperf sizes decoder-only caches")
-        for mla in ("kv_lora_rank", "qk_head_dim", "v_head_dim"):
-            if getattr(config, mla, None) is not None:
-                raise UsageError(f"{where} has {mla}: keys and values of multi-head latent attention have "
-                                 "other shapes, which kvperf's formula does not cover")
-        if getattr(config, "is_heterogeneous", False) or getattr(config, "kv_sharing_modes", None):
-            raise UsageError(f"{where} varies its attention per layer (per_layer_config or KV sharing), "
-                             "which kvperf's formula does not cover")
-        layers = _int_attr(config, "num_hidden_layers", "n_layer", "num_layers")
-        heads = _int_attr(config, "num_attention_heads", "n_head")
-        if layers is None or heads is None or layers < 1 or heads < 1:
-            raise UsageError(f"cannot read the KV shape from the {where}: it needs a positive layer count "
-                             "(num_hidden_layers or n_layer) and head count (num_attention_heads or n_head)")
-        head_dim = _int_attr(config, "head_dim")
-        if head_dim is None:
-            hidden = _int_attr(config, "hidden_size", "n_embd")
-            if hidden is None or hidden % heads:
-                raise UsageError(f"cannot read head_dim from the {where}: give head_dim, or a hidden_size "
-                                 f"(n_embd) divisible by the {heads} heads")
-            head_dim = hidden // heads
-        kv_heads = _kv_heads(config, model_type, heads)
-        if kv_heads < 1 or heads % kv_heads:
-            raise UsageError(f"the {where} has {kv_heads} KV heads, which do not divide its {heads} "
-                             "attention heads: fix num_key_value_heads")
-        return cls(model_type, layers, kv_heads, head_dim, _layer_windows(config, where, layers))
-
-    def tensor_elements(self, batch_size: int, positions: int) -> int:
-        """Elements of one K (or V) tensor of one layer holding ``positions`` positions."""
-        return batch_size * self.num_kv_heads * positions * self.head_dim
-
-
-def _kv_heads(config: PretrainedConfig, model_type: str, heads: int) -> int:
-    if model_type == "falcon":
-        # Falcon's new decoder architecture broadcasts its KV groups to every query head *before* it
-        # writes the cache, so the cache holds num_attention_heads heads (modeling_falcon.py).
-        if getattr(config, "new_decoder_architecture", False):
-            return heads
-        return 1 if getattr(config, "multi_query", False) else _int_attr(config, "num_kv_heads") or heads
-    if getattr(config, "multi_query", False):  # gpt_bigcode and other multi-query configs
-        return 1
-    return _int_attr(config, "num_key_value_heads", "num_kv_heads") or heads
-
-
-def _layer_windows(config: PretrainedConfig, where: str, layers: int) -> tuple[int | None, ...]:
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is None:  # as transformers infers it: a window on every layer, or on none
-        if _int_attr(config, "sliding_window") is not None:
-            layer_types = ["sliding_attention"] * layers
-        elif _int_attr(config, "attention_chunk_size") is not None:
-            layer_types = ["chunked_attention"] * layers
-        else:
-            layer_types = ["full_attention"] * layers
-    if len(layer_types) != layers:
-        raise UsageError(f"the {where} lists {len(layer_types)} layer_types for {layers} layers: fix layer_types")
-    windows: list[int | None] = []
-    for index, layer_type in enumerate(layer_types):
-        if layer_type == "full_attention":
-            windows.append(None)
-        elif layer_type in _WINDOWED_TYPES:
-            window = _int_attr(config, _WINDOWED_TYPES[layer_type])
-            if window is None or window < 1:
-                raise UsageError(f"layer {index} of the {where} is {layer_type} but "
-                                 f"{_WINDOWED_TYPES[layer_type]} is not a positive integer")
-            windows.append(window)
-        else:
-            raise UsageError(f"layer {index} of the {where} has layer type {layer_type!r}, which holds no "
-                             "plain KV cache: kvperf's formula covers full, sliding and chunked attention")
-    return tuple(windows)
 
 
 @dataclass(frozen=True)
@@ -193,18 +99,25 @@ class KvSizeEstimate:
     dtype: str
     batch_size: int
     seq_len: int
-    #: Bytes one more position of one sequence adds across every cached layer (see the module doc).
+    #: Bytes one more position of one sequence adds across every layer that caches keys and values
+    #: (see the module doc); 0 for a cache of states alone.
     bytes_per_token: float
-    #: Bytes of K and V per layer, in layer order, and their sum.
+    #: Bytes each layer holds, in layer order (keys, values and per-position extras, plus its state).
     layer_bytes: tuple[int, ...]
+    #: Of ``total_bytes``: what grows with the sequence (keys, values, indexer keys), and the conv and
+    #: recurrent states, which do not.
+    kv_bytes: int
+    state_bytes: int
     total_bytes: int
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat JSON values; the shape's fields at the top level."""
+        """Flat JSON values; the shape's summary at the top level."""
         data = asdict(self)
-        data.update(data.pop("shape"))
-        data["layer_windows"] = list(self.shape.layer_windows)
-        data["layer_bytes"] = list(self.layer_bytes)
+        data.pop("shape")
+        shape = self.shape
+        data.update(model_type=shape.model_type, num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
+                    head_dim=shape.head_dim, layer_windows=list(shape.layer_windows),
+                    layer_kinds=list(shape.layer_kinds), layer_bytes=list(self.layer_bytes))
         if float(self.bytes_per_token).is_integer():
             data["bytes_per_token"] = int(self.bytes_per_token)
         return data
@@ -216,16 +129,34 @@ def _positive(name: str, value: int) -> int:
     return value
 
 
-def _quanto_tensor_bytes(shape: KvShape, batch_size: int, positions: int, q: Quantization, itemsize: int) -> int:
-    per_row = shape.num_kv_heads * positions * shape.head_dim  # quanto groups along axis 0 (the batch)
+def _quanto_tensor_bytes(width: int, batch_size: int, positions: int, q: Quantization, itemsize: int) -> int:
+    per_row = width * positions  # quanto groups along axis 0 (the batch)
     if per_row % q.q_group_size:
         raise UsageError(f"q_group_size {q.q_group_size} does not divide kv_heads x positions x head_dim = "
                          f"{per_row}, so quanto cannot quantize this cache: choose a group size that divides "
-                         f"kv_heads x head_dim = {shape.num_kv_heads * shape.head_dim}")
+                         f"kv_heads x head_dim = {width}")
     groups = batch_size * per_row // q.q_group_size
     packed = math.ceil(groups / (8 // q.nbits)) * q.q_group_size
     scales = q.q_group_size if groups == 1 else groups  # one group: quanto reduces over axis 0 instead
     return packed + 2 * scales * itemsize
+
+
+def quantizable_kv_width(shape: KvShape) -> int:
+    """``kv_heads x head_dim`` of a cache that transformers' ``QuantizedCache`` can hold: full attention
+    with the same heads and dims for keys and values in every layer, nothing else."""
+    width = {(layer.key_heads * layer.key_dim, layer.value_heads * layer.value_dim, layer.layer_type)
+             for layer in shape.layers}
+    if len(width) != 1 or shape.extra_positions or any(
+            layer.window is not None or layer.has_state or layer.extra_per_position for layer in shape.layers):
+        raise UsageError("transformers' QuantizedCache holds full-attention layers only, and this "
+                         f"{shape.model_type} config has sliding, indexed, state or empty ones: size its dynamic "
+                         "or static cache instead")
+    keys, values, _ = next(iter(width))
+    if keys != values:
+        raise UsageError(f"the keys and values of this {shape.model_type} config differ in width ({keys} and "
+                         f"{values} per position), which kvperf's quantized formula does not cover: size its "
+                         "dynamic or static cache instead")
+    return keys
 
 
 def estimate_kv_cache(
@@ -239,7 +170,9 @@ def estimate_kv_cache(
     max_cache_len: int | None = None,
     quantization: Quantization | None = None,
 ) -> KvSizeEstimate:
-    """The bytes of K and V that ``cache`` holds after a generation ending with ``seq_len`` positions.
+    """The bytes that ``cache`` holds after a generation ending with ``seq_len`` positions: keys and
+    values (and the other per-position tensors) of every layer, plus the conv and recurrent states of
+    linear-attention layers, which do not depend on ``seq_len``.
 
     ``prompt_len`` is how many of the ``seq_len`` positions the prefill wrote; the others were
     appended one per decode step. Only sliding layers (when no decode step ran) and the quantized
@@ -268,31 +201,44 @@ def estimate_kv_cache(
     if _positive("max_cache_len", max_cache_len) < seq_len:
         raise UsageError(f"max_cache_len {max_cache_len} is shorter than seq_len {seq_len}: a static cache "
                          "cannot hold the sequence; raise max_cache_len")
-    full_bytes = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim
-    bytes_per_token: float = full_bytes * itemsize
+    bytes_per_token: float = sum(layer.position_bytes(itemsize) for layer in shape.layers)
+    states = tuple(batch_size * layer.state_bytes(itemsize) for layer in shape.layers)
     if cache == "quantized":
-        if any(window is not None for window in shape.layer_windows):
-            raise UsageError("transformers' QuantizedCache supports only full-attention layers, and this "
-                             f"{shape.model_type} config has sliding ones: size its dynamic or static cache instead")
+        width = quantizable_kv_width(shape)
+        full_bytes = 2 * shape.num_layers * width
         if quant.backend == "fp8":
             bytes_per_token = full_bytes
-            layer = 2 * (shape.tensor_elements(batch_size, seq_len) + 4)
+            layer = 2 * (batch_size * width * seq_len + 4)
         else:
             bytes_per_token = full_bytes * (quant.nbits / 8 + 2 * itemsize / quant.q_group_size)
             decode_steps = seq_len - prompt_len
             residual = decode_steps % quanto_residual_cycle(quant.residual_length)
-            layer = 2 * (_quanto_tensor_bytes(shape, batch_size, seq_len - residual, quant, itemsize)
-                         + shape.tensor_elements(batch_size, residual) * itemsize)
-        layer_bytes = (layer,) * shape.num_layers
+            layer = 2 * (_quanto_tensor_bytes(width, batch_size, seq_len - residual, quant, itemsize)
+                         + batch_size * width * residual * itemsize)
+        kv = (layer,) * shape.num_layers
     else:
-        layer_bytes = tuple(
-            2 * shape.tensor_elements(batch_size, _positions(cache, window, seq_len, prompt_len, max_cache_len))
-            * itemsize
-            for window in shape.layer_windows
-        )
+        kv = tuple(_layer_kv_bytes(layer, cache, batch_size, seq_len + shape.extra_positions,
+                                   prompt_len + shape.extra_positions, max_cache_len + shape.extra_positions,
+                                   itemsize)
+                   for layer in shape.layers)
+    layer_bytes = tuple(a + b for a, b in zip(kv, states, strict=True))
     return KvSizeEstimate(shape=shape, cache=cache, dtype=str(torch_dtype).removeprefix("torch."),
                           batch_size=batch_size, seq_len=seq_len, bytes_per_token=bytes_per_token,
-                          layer_bytes=layer_bytes, total_bytes=sum(layer_bytes))
+                          layer_bytes=layer_bytes, kv_bytes=sum(kv), state_bytes=sum(states),
+                          total_bytes=sum(layer_bytes))
+
+
+def _layer_kv_bytes(layer: LayerShape, cache: str, batch_size: int, seq_len: int, prompt_len: int,
+                    max_cache_len: int, itemsize: int) -> int:
+    """Keys, values and per-position extras of one layer. A static cache preallocates keys, values and
+    indexer keys for ``max_cache_len`` positions; the indexer's position ids (Qwen4) always grow."""
+    if not layer.position_bytes(itemsize):
+        return 0
+    positions = _positions(cache, layer.window, seq_len, prompt_len, max_cache_len)
+    kv = (layer.key_heads * layer.key_dim + layer.value_heads * layer.value_dim) * itemsize
+    extra = sum(count * (size or itemsize) * (positions if size == 0 else seq_len)
+                for count, size in layer.extra_per_position)
+    return batch_size * (kv * positions + extra)
 
 
 def _positions(cache: str, window: int | None, seq_len: int, prompt_len: int, max_cache_len: int) -> int:
@@ -312,7 +258,7 @@ def kv_cache_bytes(
     cache: str = "dynamic",
     **options: Any,
 ) -> int:
-    """Total bytes of K and V (see ``estimate_kv_cache`` for the options and the module for the formula)."""
+    """Total bytes the cache holds (see ``estimate_kv_cache`` for the options and the module for the formula)."""
     return estimate_kv_cache(config, batch_size, seq_len, dtype, cache, **options).total_bytes
 
 
@@ -328,19 +274,36 @@ def spec_kv_cache_bytes(config: PretrainedConfig | KvShape, spec: GenerationSpec
 
 
 def kv_bytes_per_token(config: PretrainedConfig | KvShape, dtype: str | torch.dtype = "float32") -> int:
-    """Bytes of K and V that one position of one sequence takes across every layer: ``2·L·H·D·s``."""
+    """Bytes of keys and values (and per-position extras) that one position of one sequence takes across
+    every layer: ``2·L·H·D·s`` for plain attention."""
     return int(estimate_kv_cache(config, 1, 1, dtype).bytes_per_token)
 
 
 # --- measurement ------------------------------------------------------------------------------------
 
-#: Attributes of a transformers cache layer that hold cached states (dense, quantized, indexer).
-_STATE_ATTRS = ("keys", "values", "_quantized_keys", "_quantized_values", "indexer_keys")
+#: Attributes of a transformers cache layer that hold cached states: keys and values (dense and
+#: quantized), the indexer keys and position ids of sparse attention, the conv and recurrent states of
+#: linear-attention layers (dicts keyed by state index).
+_STATE_ATTRS = ("keys", "values", "_quantized_keys", "_quantized_values", "indexer_keys", "indexer_position_ids",
+                "conv_states", "recurrent_states")
+#: Tensors of a cache layer that are bookkeeping, not cached states: the window as a 0-d tensor, and the
+#: 0-d position counters of static layers.
+_BOOKKEEPING_ATTRS = frozenset({"_sliding_window_tensor", "cumulative_length", "indexer_cumulative_length"})
+
+
+def _layer_states(layer: Any) -> list[Any]:
+    """The cached states of one cache layer. transformers' own layer classes keep them in
+    ``_STATE_ATTRS``; a family's own layer class (DeepSeek V4's compressed layers) may keep more, so
+    every attribute of those is walked but the bookkeeping ones."""
+    if type(layer).__module__ == "transformers.cache_utils":
+        return [getattr(layer, attr, None) for attr in _STATE_ATTRS]
+    return [value for name, value in vars(layer).items() if name not in _BOOKKEEPING_ATTRS]
 
 
 def _plain_tensors(value: Any) -> Iterator[torch.Tensor]:
     """Every plain tensor inside ``value``: tensor subclasses (quanto's packed and quantized tensors)
-    are opened with ``__tensor_flatten__``, tuples, lists and dicts (HQQ's metadata) are walked."""
+    are opened with ``__tensor_flatten__``, tuples, lists and dicts (HQQ's metadata, the conv states
+    of linear attention) are walked."""
     if isinstance(value, torch.Tensor):
         flatten = getattr(value, "__tensor_flatten__", None)
         if type(value) is not torch.Tensor and flatten is not None:
@@ -388,12 +351,31 @@ def cache_kwarg() -> str:
     return "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
 
+def _cache_entries(cache: Any) -> list[list[Any]]:
+    """The cached states of ``cache``, one entry per layer.
+
+    A transformers ``Cache``: one entry per layer (an ``EncoderDecoderCache``: the self-attention
+    layer with its cross-attention layer). Families that keep their own cache: one entry per item of a
+    tuple or list (XLNet's mems, RWKV's states), else one entry for every tensor the object holds."""
+    if cache is None:
+        return []
+    if hasattr(cache, "self_attention_cache") and hasattr(cache, "cross_attention_cache"):
+        own, cross = _cache_entries(cache.self_attention_cache), _cache_entries(cache.cross_attention_cache)
+        return [a + b for a, b in zip(own, cross + [[]] * (len(own) - len(cross)), strict=False)] or cross
+    if hasattr(cache, "layers"):
+        return [_layer_states(layer) if getattr(layer, "is_initialized", True) else []
+                for layer in cache.layers]
+    if isinstance(cache, (tuple, list)):
+        return [[item] for item in cache]
+    return [list(vars(cache).values())]
+
+
 def cache_tensors(cache: Any) -> Iterator[torch.Tensor]:
-    """Every plain tensor that the layers of a transformers ``Cache`` hold as cached states (keys,
-    values, quantized parts), in layer order; views included, so a storage can come more than once."""
-    for layer in getattr(cache, "layers", ()):
-        if getattr(layer, "is_initialized", True):
-            yield from _plain_tensors([getattr(layer, attr, None) for attr in _STATE_ATTRS])
+    """Every plain tensor that a transformers ``Cache`` holds as cached states (keys, values, quantized
+    parts, indexer keys, conv and recurrent states), in layer order; views included, so a storage can
+    come more than once."""
+    for entry in _cache_entries(cache):
+        yield from _plain_tensors(entry)
 
 
 def measure_layer_bytes(cache: Any) -> tuple[int, ...]:
@@ -401,19 +383,11 @@ def measure_layer_bytes(cache: Any) -> tuple[int, ...]:
 
     It counts the storage under the tensors, each storage once: a sliding layer's view of ``w - 1``
     positions sits on the ``w`` positions that were allocated, and that is what is counted. Quantized
-    layers count the packed integers, scales and zero points, and the full-precision residual.
+    layers count the packed integers, scales and zero points, and the full-precision residual;
+    linear-attention layers their conv and recurrent states.
     """
-    if cache is None:
-        return ()
     seen: set[tuple[str, int]] = set()
-    sizes = []
-    for layer in getattr(cache, "layers", ()):
-        if not getattr(layer, "is_initialized", True):
-            sizes.append(0)
-            continue
-        states = [getattr(layer, attr, None) for attr in _STATE_ATTRS]
-        sizes.append(_storage_bytes(_plain_tensors(states), seen))
-    return tuple(sizes)
+    return tuple(_storage_bytes(_plain_tensors(entry), seen) for entry in _cache_entries(cache))
 
 
 def measure_cache_bytes(cache: Any) -> int:

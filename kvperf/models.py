@@ -105,11 +105,16 @@ def load_config(name: str, *, trust_remote_code: bool = False) -> PretrainedConf
 
 
 def max_positions(config: PretrainedConfig) -> int | None:
-    """The longest sequence the model's position embeddings allow, or None when it has no limit."""
-    for attr in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int):
-            return value
+    """The longest sequence the model's position embeddings allow, or None when it has no limit.
+
+    A composite config (Gemma 3, Qwen3.5 with a vision tower) is read through its text config; a limit
+    of -1, 0 or None (XLNet's relative positions) means no limit."""
+    text = config.get_text_config(decoder=True)
+    for source in (text, config):
+        for attr in ("n_positions", "max_position_embeddings"):
+            value = getattr(source, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value if value > 0 else None
     return None
 
 

@@ -19,26 +19,50 @@ from kvperf.spec import GenerationSpec
 __all__ = ["make_prompts", "pad_token_id"]
 
 
+def _text_first(config: PretrainedConfig) -> tuple[PretrainedConfig, ...]:
+    """The text config of a composite config (Gemma 3, Qwen3.5 with a vision tower), then the config."""
+    text = config.get_text_config(decoder=True)
+    return (text, config) if text is not config else (config,)
+
+
 def pad_token_id(config: PretrainedConfig) -> int:
-    """The id used for left padding: the config's pad token, else its EOS token, else 0."""
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(config, attr, None)
-        if isinstance(value, list):
-            value = value[0] if value else None
-        if isinstance(value, int):
-            return value
+    """The id used for left padding: the (text) config's pad token, else its EOS token, else 0. An id
+    outside the vocabulary (a tiny config that kept its family's EOS id) cannot be embedded: skipped."""
+    vocab = next((v for v in (getattr(c, "vocab_size", None) for c in _text_first(config))
+                  if isinstance(v, int) and v > 0), None)
+    for source in _text_first(config):
+        for attr in ("pad_token_id", "eos_token_id"):
+            value = getattr(source, attr, None)
+            if isinstance(value, list):
+                value = value[0] if value else None
+            if isinstance(value, int) and (vocab is None or 0 <= value < vocab):
+                return value
     return 0
 
 
 def _special_ids(config: PretrainedConfig) -> set[int]:
+    """Every id a config names as a special token: BOS, EOS, padding, and the image, video and audio
+    placeholders of multimodal configs (``*_token_id``, ``*_token_index``), which make the model look
+    for inputs that a text prompt does not carry."""
     ids: set[int] = set()
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(v for v in value if isinstance(v, int))
+    for source in _text_first(config):
+        for attr, value in source.to_dict().items():
+            if not attr.endswith(("token_id", "token_ids", "token_index")):
+                continue
+            if isinstance(value, int) and not isinstance(value, bool):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(v for v in value if isinstance(v, int))
     return ids
+
+
+def _vocab_size(config: PretrainedConfig) -> int:
+    for source in _text_first(config):
+        value = getattr(source, "vocab_size", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise UsageError(f"the config of model_type {getattr(config, 'model_type', '?')!r} has no vocab_size, "
+                     "in itself or in its text config: kvperf cannot draw prompt tokens; set vocab_size")
 
 
 def make_prompts(
@@ -59,8 +83,9 @@ def make_prompts(
             f"prompt_len {spec.prompt_len} + new_tokens {spec.new_tokens} exceeds the model's "
             f"{limit} positions: use a shorter prompt or fewer new tokens"
         )
-    vocab_size = int(config.vocab_size)
-    allowed = torch.tensor([i for i in range(vocab_size) if i not in _special_ids(config)])
+    vocab_size = _vocab_size(config)
+    special = _special_ids(config)
+    allowed = torch.tensor([i for i in range(vocab_size) if i not in special])
     generator = torch.Generator().manual_seed(spec.seed)
     picks = torch.randint(0, len(allowed), (spec.batch_size, spec.prompt_len), generator=generator)
     input_ids = allowed[picks]

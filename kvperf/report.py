@@ -171,15 +171,19 @@ def _matrix_table(cases: list[Row]) -> Table:
 
 def _formula_table(cases: list[Row]) -> Table:
     rows = []
+    refusals: dict[str, None] = {}
     for c in _sorted(cases, "cache", "dtype", "batch_size", "prompt_len", "new_tokens"):
         formula, measured = c["kv_cache_formula_bytes"], c["kv_cache_bytes"]
+        if formula is None:  # the formula refused this model: the note says why
+            refusals[f"No formula: {c.get('kv_cache_formula_note') or 'no reason recorded'}."] = None
         rows.append((c["cache"], c["dtype"], str(c["batch_size"]), str(c["prompt_len"]), str(c["new_tokens"]),
-                     f"{formula:,}", f"{measured:,}", f"{measured - formula:+,}"))
+                     "null" if formula is None else f"{formula:,}", f"{measured:,}",
+                     "" if formula is None else f"{measured - formula:+,}"))
     unique = {r[:5]: r for r in rows}  # the same spec in several experiments: one row
     exact = sum(r[-1] == "+0" for r in unique.values())
     return Table("KV-cache formula against the measured tensors (experiment 5)",
                  ("cache", "dtype", "batch", "prompt", "new", "formula bytes", "measured bytes", "difference"),
-                 tuple(unique.values()), (f"{exact} of {len(unique)} cases agree to the byte.",))
+                 tuple(unique.values()), (f"{exact} of {len(unique)} cases agree to the byte.", *refusals))
 
 
 _BUILDERS: dict[str, Callable[[list[Row]], Table]] = {

@@ -111,9 +111,19 @@ def measure_work(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.
     """Count the FLOPs of one untimed ``generate`` call for ``spec`` on the given prompts."""
     counter = count_flops()
     mark = _PrefillMark(counter)
-    with torch.no_grad(), counter:
-        model.generate(input_ids=input_ids, attention_mask=attention_mask,  # type: ignore[operator]
-                       streamer=mark, **generate_kwargs(model, spec))
+    # FlopCounterMode's module tracker hooks the gradient of every module input that requires one; a
+    # module given a parameter itself (XLNet's mask embedding) then fails its "gradient function"
+    # check. Nothing here needs gradients: switch them off for the count and restore them after.
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for param, _ in grads:
+            param.requires_grad_(False)
+        with torch.no_grad(), counter:
+            model.generate(input_ids=input_ids, attention_mask=attention_mask,  # type: ignore[operator]
+                           streamer=mark, **generate_kwargs(model, spec))
+    finally:
+        for param, wanted in grads:
+            param.requires_grad_(wanted)
     total = counter.get_total_flops()
     generated = spec.batch_size * spec.new_tokens
     return WorkCount(flops=total, prefill_flops=mark.prefill_flops if mark.prefill_flops is not None else total,

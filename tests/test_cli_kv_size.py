@@ -120,7 +120,9 @@ def test_config_without_kv_shape(tmp_path: Path, capsys: pytest.CaptureFixture[s
     (tmp_path / "config.json").write_text('{"model_type": "t5"}')
     assert main(["kv-size", str(tmp_path / "config.json")]) == 2
     assert capsys.readouterr().err == (
-        "kvperf: error: config of model_type 't5' is an encoder-decoder: kvperf sizes decoder-only caches\n")
+        "kvperf: error: the config of model_type 't5' is an encoder-decoder without a causal LM in transformers: "
+        "kvperf sizes the cache of what AutoModelForCausalLM loads (a decoder-only model, or the decoder of Bart- "
+        "and Whisper-shaped configs)\n")
 
 
 def test_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,7 +20,6 @@ import torch
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 from transformers import (
-    DeepseekV3Config,
     FalconConfig,
     GPT2Config,
     LlamaConfig,
@@ -246,14 +245,17 @@ def _one_position_too_many(config: PretrainedConfig, batch: int, seq_len: int, *
 def _sliding_view_not_storage(config: PretrainedConfig, *args: Any, **kwargs: Any) -> KvSizeEstimate:
     """Counts the ``w - 1`` positions a sliding layer shows instead of the ``w`` it allocated."""
     shape = KvShape.from_config(config)
-    windows = tuple(None if w is None else max(1, w - 1) for w in shape.layer_windows)
-    return estimate_kv_cache(replace(shape, layer_windows=windows), *args, **kwargs)
+    layers = tuple(layer if layer.window is None else replace(layer, window=max(1, layer.window - 1))
+                   for layer in shape.layers)
+    return estimate_kv_cache(replace(shape, layers=layers), *args, **kwargs)
 
 
 def _query_heads(config: PretrainedConfig, *args: Any, **kwargs: Any) -> KvSizeEstimate:
     """Sizes every layer with the query heads, as if grouped-query attention cached one KV head each."""
     shape = KvShape.from_config(config)
-    return estimate_kv_cache(replace(shape, num_kv_heads=config.num_attention_heads), *args, **kwargs)
+    heads = config.num_attention_heads
+    layers = tuple(replace(layer, key_heads=heads, value_heads=heads) for layer in shape.layers)
+    return estimate_kv_cache(replace(shape, layers=layers), *args, **kwargs)
 
 
 BROKEN_FORMULAS: dict[str, Formula] = {
@@ -322,7 +324,7 @@ def test_quanto_formula_by_hand() -> None:
 
 def test_default_prompt_leaves_the_residual_full() -> None:
     """Without prompt_len, quanto's residual holds R - 1 tokens (the most a generation can leave)."""
-    shape = KvShape("llama", 1, 1, 64, (None,))
+    shape = KvShape.uniform("llama", 1, 1, 64)
     by_default = estimate_kv_cache(shape, 1, 1000, cache="quantized")
     assert by_default == estimate_kv_cache(shape, 1, 1000, cache="quantized", prompt_len=1000 - 127)
     # R = 0: no residual from transformers 5.20 (cycle 1); one token at most before (cycle 2).
@@ -366,23 +368,26 @@ def _with(config: PretrainedConfig, **attrs: Any) -> PretrainedConfig:
 
 
 @pytest.mark.parametrize(("config", "message"), [
-    (PretrainedConfig(), "cannot read the KV shape from the config of model_type 'unknown': it needs a positive "
-                         "layer count (num_hidden_layers or n_layer) and head count (num_attention_heads or n_head)"),
+    (PretrainedConfig(), "cannot read the layer count from the config of model_type 'unknown': it needs a positive "
+                         "num_hidden_layers (or n_layer, num_layers, decoder_layers)"),
     (_with(LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4), hidden_size=30, head_dim=None),
      "cannot read head_dim from the config of model_type 'llama': give head_dim, or a hidden_size (n_embd) "
      "divisible by the 4 heads"),
     (_with(LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4), num_key_value_heads=3),
      "the config of model_type 'llama' has 3 KV heads, which do not divide its 4 attention heads: "
      "fix num_key_value_heads"),
-    (DeepseekV3Config(), "config of model_type 'deepseek_v3' has kv_lora_rank: keys and values of multi-head "
-                         "latent attention have other shapes, which kvperf's formula does not cover"),
     (_with(LlamaConfig(num_hidden_layers=2), layer_types=["full_attention", "linear_attention"]),
-     "layer 1 of the config of model_type 'llama' has layer type 'linear_attention', which holds no plain KV "
-     "cache: kvperf's formula covers full, sliding and chunked attention"),
+     "kvperf does not know the conv and recurrent state shapes of the config of model_type 'llama': its "
+     "linear-attention layers are not in kvperf's table (kvperf/kv_layers.py)"),
+    (_with(LlamaConfig(num_hidden_layers=2), layer_types=["full_attention", "paged_attention"]),
+     "layer 1 of the config of model_type 'llama' has layer type 'paged_attention', which kvperf's formula does "
+     "not cover (it covers attention, sliding, chunked, indexed, linear-attention, conv and hybrid layers)"),
     (_with(LlamaConfig(num_hidden_layers=2), layer_types=["full_attention"]),
      "the config of model_type 'llama' lists 1 layer_types for 2 layers: fix layer_types"),
-    (T5Config(), "config of model_type 't5' is an encoder-decoder: kvperf sizes decoder-only caches"),
-], ids=["no-fields", "head-dim", "kv-heads", "mla", "linear-attention", "layer-types", "encoder-decoder"])
+    (T5Config(), "the config of model_type 't5' is an encoder-decoder without a causal LM in transformers: kvperf "
+                 "sizes the cache of what AutoModelForCausalLM loads (a decoder-only model, or the decoder of Bart- "
+                 "and Whisper-shaped configs)"),
+], ids=["no-fields", "head-dim", "kv-heads", "unknown-state", "unknown-layer-type", "layer-types", "encoder-decoder"])
 def test_unreadable_config_is_a_clear_error(config: PretrainedConfig, message: str) -> None:
     with pytest.raises(UsageError) as info:
         KvShape.from_config(config)
@@ -409,7 +414,7 @@ def test_bad_arguments_are_clear_errors(kwargs: dict[str, Any], message: str) ->
 
 
 def test_quantized_cache_refuses_sliding_layers() -> None:
-    with pytest.raises(UsageError, match="only full-attention layers"):
+    with pytest.raises(UsageError, match="holds full-attention layers only"):
         estimate_kv_cache(MistralConfig(), 1, 10, cache="quantized")
     with pytest.raises(UsageError, match="nbits must be 2 or 4"):
         Quantization(nbits=3)

@@ -96,3 +96,24 @@ def test_remote_code_stays_off_by_default(tmp_path):
     loaded = load_model(str(tmp_path))
     assert type(loaded).__name__ == "GPT2LMHeadModel"
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(("value", "expected"), [(-1, None), (0, None), (512, 512)])
+def test_position_limit_of_minus_one_is_no_limit(value, expected):
+    """XLNet's max_position_embeddings of -1 (relative positions) means no limit."""
+    from transformers import LlamaConfig
+
+    from kvperf.models import max_positions
+
+    config = LlamaConfig(num_hidden_layers=1)
+    config.max_position_embeddings = value
+    assert max_positions(config) == expected
+
+
+def test_position_limit_of_a_composite_config_is_its_text_config_s():
+    from transformers import Gemma3Config
+
+    from kvperf.models import max_positions
+
+    config = Gemma3Config(text_config={"max_position_embeddings": 333})
+    assert max_positions(config) == 333

@@ -49,3 +49,27 @@ def test_bad_prompt_requests_are_usage_errors(model, spec, left_pad, message):
     with pytest.raises(UsageError) as info:
         make_prompts(model, spec, left_pad=left_pad)
     assert str(info.value) == message
+
+
+def test_composite_config_prompts_come_from_its_text_config():
+    """Gemma3Config has no vocab_size of its own; image placeholder ids are never drawn."""
+    from kvperf.families import tiny_model
+    from kvperf.prompts import pad_token_id
+
+    model = tiny_model("gemma3")
+    assert "vocab_size" not in model.config.to_dict()
+    ids, _ = make_prompts(model, GenerationSpec(batch_size=4, prompt_len=64, new_tokens=2))
+    text = model.config.get_text_config()
+    assert int(ids.max()) < text.vocab_size
+    assert model.config.image_token_id not in ids and model.config.boi_token_id not in ids
+    assert pad_token_id(model.config) == text.pad_token_id
+
+
+def test_pad_token_outside_the_vocabulary_is_not_used():
+    """A pad or EOS id past the vocabulary cannot be embedded: the next candidate (or 0) is."""
+    from transformers import LlamaConfig
+
+    from kvperf.prompts import pad_token_id
+
+    assert pad_token_id(LlamaConfig(vocab_size=100, pad_token_id=None, eos_token_id=128001)) == 0
+    assert pad_token_id(LlamaConfig(vocab_size=100, pad_token_id=None, eos_token_id=[7, 128001])) == 7
