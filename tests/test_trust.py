@@ -206,15 +206,11 @@ def _manual_loop(model: Any, ids: torch.Tensor, mask: torch.Tensor, new_tokens: 
     return stamps[0] - start, [b - a for a, b in pairwise(stamps)]
 
 
-def test_ttft_and_tpot_match_a_manual_decode_loop_in_cpu_time(models: dict[str, Any]) -> None:
-    model = _model(models, "distilgpt2")
-    spec = GenerationSpec(cache="on", batch_size=1, prompt_len=32, new_tokens=8)
-    ids, mask = make_prompts(model, spec)
+def _ratios(model: Any, spec: GenerationSpec, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """(TTFT, TPOT) of the harness over the manual loop, in thread CPU time, from 12 interleaved rounds."""
     ttft_ratios: list[float] = []
     manual_steps: list[float] = []
     harness_steps: list[float] = []
-    _manual_loop(model, ids, mask, spec.new_tokens)  # warm-up
-    time_generation(model, spec, ids, mask)
     for i in range(12):
         # alternate the order, so that neither side always runs right after the other
         for side in ("manual", "harness") if i % 2 else ("harness", "manual"):
@@ -229,8 +225,24 @@ def test_ttft_and_tpot_match_a_manual_decode_loop_in_cpu_time(models: dict[str, 
                 assert timing.ttft_cpu_s <= timing.ttft_s + 1e-3 and timing.e2e_cpu_s <= timing.e2e_s + 1e-3
                 assert timing.e2e_cpu_s == pytest.approx(timing.ttft_cpu_s + sum(timing.itl_cpu_s), abs=1e-3)
         ttft_ratios.append(timing.ttft_cpu_s / manual_ttft)
-    ttft = statistics.median(ttft_ratios)
-    tpot = statistics.median(harness_steps) / statistics.median(manual_steps)
-    print(f"TTFT ratio {ttft:.4f}, TPOT ratio {tpot:.4f}")  # shown with -s; the tolerance study reads it
-    assert TTFT_RATIO[0] <= ttft <= TTFT_RATIO[1], f"TTFT harness / manual = {ttft:.4f}"
-    assert TPOT_RATIO[0] <= tpot <= TPOT_RATIO[1], f"TPOT harness / manual = {tpot:.4f}"
+    return statistics.median(ttft_ratios), statistics.median(harness_steps) / statistics.median(manual_steps)
+
+
+def test_ttft_and_tpot_match_a_manual_decode_loop_in_cpu_time(models: dict[str, Any]) -> None:
+    """Up to three measurements: the first inside both tolerances passes. Other processes on the cores
+    move a ratio by a few percent either way (TPOT 1.041 once, at a load average of 8 on 2 vCPUs);
+    added per-step work moves it the same way every time (``min_new_tokens``: 1.046-1.050 in 3 of 3)."""
+    model = _model(models, "distilgpt2")
+    spec = GenerationSpec(cache="on", batch_size=1, prompt_len=32, new_tokens=8)
+    ids, mask = make_prompts(model, spec)
+    _manual_loop(model, ids, mask, spec.new_tokens)  # warm-up
+    time_generation(model, spec, ids, mask)
+    seen: list[tuple[float, float]] = []
+    for _ in range(3):
+        ttft, tpot = _ratios(model, spec, ids, mask)
+        seen.append((ttft, tpot))
+        print(f"TTFT ratio {ttft:.4f}, TPOT ratio {tpot:.4f}")  # shown with -s; the tolerance study reads it
+        if TTFT_RATIO[0] <= ttft <= TTFT_RATIO[1] and TPOT_RATIO[0] <= tpot <= TPOT_RATIO[1]:
+            return
+    shown = ", ".join(f"TTFT {a:.4f} TPOT {b:.4f}" for a, b in seen)
+    pytest.fail(f"harness / manual loop outside TTFT {TTFT_RATIO} or TPOT {TPOT_RATIO} in 3 of 3 tries: {shown}")
