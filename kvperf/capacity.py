@@ -102,9 +102,10 @@ def weight_bytes(config: PretrainedConfig, dtype: str | torch.dtype = "float32")
     their own size).
 
     Non-persistent buffers are left out: they are derived from the config, not weights, and which
-    ones a model has depends on the release (GPT-2's 1024 x 1024 causal mask ``bias`` and ``masked_bias``
-    before transformers 5.5, rotary ``inv_freq``). Some releases (5.0) build the model on the meta
-    device without tying its LM head to the embedding; it is tied here when the config asks for it."""
+    ones a model has depends on the release (GPT-2's ``n_positions``-squared causal mask ``bias`` and
+    its ``masked_bias`` before transformers 5.5, rotary ``inv_freq``). Some releases (5.0) build the
+    model on the meta device without tying its LM head to the embedding; it is tied here when the
+    config asks for it."""
     from transformers import AutoModelForCausalLM
 
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype

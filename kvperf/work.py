@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
-from kvperf.harness import generate_kwargs
+from kvperf.harness import forget_static_cache, generate_kwargs
 from kvperf.spec import GenerationSpec
 
 __all__ = ["WorkCount", "count_flops", "measure_work"]
@@ -109,6 +109,8 @@ class _PrefillMark(BaseStreamer):
 def measure_work(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor) -> WorkCount:
     """Count the FLOPs of one untimed ``generate`` call for ``spec`` on the given prompts."""
+    if spec.cache == "static":
+        forget_static_cache(model)  # the work of this spec alone, whatever static case ran before
     counter = count_flops()
     mark = _PrefillMark(counter)
     # FlopCounterMode's module tracker hooks the gradient of every module input that requires one; a
