@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from kvperf.errors import BadInputError, UsageError
+from kvperf.physics import CONTENDED_WAIT, contended, contradictions
 from kvperf.result_file import REPORT_FIELDS, check_case, check_schema, read_json
 from kvperf.scaling import fit_power_law
+from kvperf.tiers import ordered_experiments
 
 __all__ = ["Table", "format_table", "load_cases", "make_plots", "make_tables"]
 
@@ -94,6 +96,16 @@ def _by_experiment(cases: Iterable[Row]) -> dict[str, list[Row]]:
     return groups
 
 
+def _busy(*cases: Row) -> str:
+    """``! 63%`` when a case's rounds waited for a core (median ``cpu_wait`` above 5%), else empty."""
+    waits = [w for w in (contended(c) for c in cases) if w is not None]
+    return f"! {max(waits):.0%}" if waits else ""
+
+
+_BUSY_NOTE = (f"busy: '! N%' marks a case whose rounds waited for a core N% of their time (median cpu_wait above "
+              f"{CONTENDED_WAIT:.0%}): another process slowed it, and its timings say more about the machine.")
+
+
 def _fit_note(label: str, xs: Sequence[float], ys: Sequence[float]) -> str:
     if len(set(xs)) < 2:
         return f"{label}: too few points for a fit"
@@ -111,29 +123,29 @@ def _length_table(cases: list[Row]) -> Table:
         for n in sorted(on.keys() & off.keys()):
             rows.append((dtype, str(n), _ms(on[n]["e2e_s"]), _ms(off[n]["e2e_s"]),
                          f"{off[n]['e2e_s'] / on[n]['e2e_s']:.2f}x",
-                         _ms(on[n]["e2e_s"] / n), _ms(off[n]["e2e_s"] / n)))
+                         _ms(on[n]["e2e_s"] / n), _ms(off[n]["e2e_s"] / n), _busy(on[n], off[n])))
         for label, side in (("cache on", on), ("cache off", off)):
             ns = sorted(side)
             notes.append(_fit_note(f"{dtype} total time, {label}", ns, [side[n]["e2e_s"] for n in ns]))
     return Table("Cache on vs off against output length (experiment 1)",
                  ("dtype", "new tokens", "e2e on ms", "e2e off ms", "speedup", "per token on ms",
-                  "per token off ms"), tuple(rows), tuple(notes))
+                  "per token off ms", "busy"), tuple(rows), tuple(notes))
 
 
 def _batch_table(cases: list[Row]) -> Table:
     rows = [(c["dtype"], str(c["batch_size"]), f"{c['tokens_per_s']:.1f}", _ms(c["itl_p50_s"]),
              _ms(c["itl_p95_s"]), _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"]),
-             _mib(c["kv_cache_bytes"] / c["batch_size"]))
+             _mib(c["kv_cache_bytes"] / c["batch_size"]), _busy(c))
             for c in _sorted(cases, "dtype", "batch_size")]
     return Table("Batching, cache on (experiment 2)",
                  ("dtype", "batch", "tokens/s", "ITL p50 ms", "ITL p95 ms", "peak MiB", "KV MiB",
-                  "KV MiB/seq"), tuple(rows))
+                  "KV MiB/seq", "busy"), tuple(rows))
 
 
 def _context_table(cases: list[Row]) -> Table:
     ordered = _sorted(cases, "dtype", "prompt_len")
     rows = [(c["dtype"], str(c["prompt_len"]), _ms(c["ttft_s"]), _ms(c["itl_p50_s"]), _ms(c["itl_p95_s"]),
-             _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"])) for c in ordered]
+             _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"]), _busy(c)) for c in ordered]
     notes = []
     for dtype in sorted({c["dtype"] for c in cases}):
         mine = [c for c in ordered if c["dtype"] == dtype]
@@ -143,15 +155,15 @@ def _context_table(cases: list[Row]) -> Table:
         notes.append(_fit_note(f"{dtype} ITL p50 against prompt length", [c["prompt_len"] for c in mine],
                                [c["itl_p50_s"] for c in mine]))
     return Table("Context length, cache on, batch 1 (experiment 3)",
-                 ("dtype", "prompt", "TTFT ms", "ITL p50 ms", "ITL p95 ms", "peak MiB", "KV MiB"),
+                 ("dtype", "prompt", "TTFT ms", "ITL p50 ms", "ITL p95 ms", "peak MiB", "KV MiB", "busy"),
                  tuple(rows), tuple(notes))
 
 
 def _first_token_table(cases: list[Row]) -> Table:
     rows = [(c["dtype"], str(c["prompt_len"]), _ms(c["ttft_s"]), _ms(c["tpot_s"]),
-             f"{c['ttft_s'] / c['tpot_s']:.2f}") for c in _sorted(cases, "dtype", "prompt_len")]
+             f"{c['ttft_s'] / c['tpot_s']:.2f}", _busy(c)) for c in _sorted(cases, "dtype", "prompt_len")]
     return Table("First-token vs next-token latency (experiment 4)",
-                 ("dtype", "prompt", "TTFT ms", "TPOT ms", "TTFT / TPOT"), tuple(rows),
+                 ("dtype", "prompt", "TTFT ms", "TPOT ms", "TTFT / TPOT", "busy"), tuple(rows),
                  ("TTFT is prefill plus the first token, after warm-up; TPOT = (e2e - TTFT) / (new - 1).",))
 
 
@@ -163,9 +175,9 @@ def _matrix_table(cases: list[Row]) -> Table:
         speedup = f"{twin['e2e_s'] / c['e2e_s']:.2f}x" if twin and c["cache"] != "off" else ""
         rows.append((c["cache"], str(c["batch_size"]), str(c["prompt_len"]), str(c["new_tokens"]), c["dtype"],
                      _ms(c["ttft_s"]), _ms(c["tpot_s"]), _ms(c["e2e_s"]), f"{c['tokens_per_s']:.1f}", speedup,
-                     _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"])))
+                     _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"]), _busy(c)))
     return Table("Benchmark matrix", ("cache", "batch", "prompt", "new", "dtype", "TTFT ms", "TPOT ms", "e2e ms",
-                                      "tokens/s", "vs off", "peak MiB", "KV MiB"), tuple(rows),
+                                      "tokens/s", "vs off", "peak MiB", "KV MiB", "busy"), tuple(rows),
                  ("'vs off': e2e with the cache off divided by e2e of this row (same batch, prompt, dtype).",))
 
 
@@ -191,8 +203,13 @@ _BUILDERS: dict[str, Callable[[list[Row]], Table]] = {
 def make_tables(cases: list[Row]) -> list[Table]:
     """One table per experiment present in ``cases`` (custom cases go in the matrix layout)."""
     tables = []
-    for experiment, group in sorted(_by_experiment(cases).items()):
-        tables.append(_BUILDERS.get(experiment, _matrix_table)(group))
+    groups = _by_experiment(cases)
+    for experiment in ordered_experiments(groups):  # the README's order, not the alphabet's
+        group = groups[experiment]
+        table = _BUILDERS.get(experiment, _matrix_table)(group)
+        extra = [_BUSY_NOTE] if any(contended(c) for c in group) else []
+        extra += [f"contradicts the FLOP counts: {line}" for line in contradictions(group)]
+        tables.append(replace(table, notes=table.notes + tuple(extra)))
     cached = [c for c in cases if c["cache"] != "off" and "kv_cache_formula_bytes" in c]
     if cached:
         tables.append(_formula_table(cached))

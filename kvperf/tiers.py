@@ -19,6 +19,7 @@ Every case also records the KV-cache bytes measured from the tensors beside the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from itertools import product
 
@@ -26,7 +27,7 @@ from kvperf.errors import UsageError
 from kvperf.spec import CacheMode, GenerationSpec, canonical_dtype
 
 __all__ = ["DEFAULT_DTYPES", "EXPERIMENTS", "MAX_CPU_THREADS", "MAX_ROUNDS", "MAX_WARMUP_ROUNDS", "TIERS", "Case",
-           "Tier", "get_tier"]
+           "Tier", "get_tier", "ordered_experiments"]
 
 EXPERIMENTS = ("matrix", "length", "batch", "context", "first_token")
 #: The dtypes every tier runs in, by device type (``--kvperf-dtypes`` overrides them).
@@ -148,6 +149,12 @@ TIERS: dict[str, Tier] = {
         first_token_prompt_len=8, rounds=3, warmup_rounds=1, cpu_threads=1,
     ),
 }
+
+
+def ordered_experiments(names: Iterable[str]) -> list[str]:
+    """``names`` in the order of ``EXPERIMENTS`` (the README's), unknown ones (``custom``) after, by name."""
+    present = set(names)
+    return [n for n in EXPERIMENTS if n in present] + sorted(present - set(EXPERIMENTS))
 
 
 def get_tier(name: str) -> Tier:
