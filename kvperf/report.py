@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kvperf.errors import BadInputError, UsageError
+from kvperf.errors import BadInputError
 from kvperf.physics import CONTENDED_WAIT, contended, contradictions
+from kvperf.plots import make_plots
 from kvperf.result_file import REPORT_FIELDS, check_case, check_schema, read_json
 from kvperf.scaling import fit_power_law
 from kvperf.tiers import ordered_experiments
@@ -214,80 +215,3 @@ def make_tables(cases: list[Row]) -> list[Table]:
     if cached:
         tables.append(_formula_table(cached))
     return tables
-
-
-def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
-    """Write one PNG per plotted experiment into ``out_dir`` and return their paths."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("plots need matplotlib: pip install 'kvperf[plot]'") from None
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--plots {out}: cannot create the directory ({exc.strerror or type(exc).__name__}): "
-                         "give a directory kvperf can write to") from None
-    groups = _by_experiment(cases)
-    written: list[Path] = []
-
-    def save(fig: Any, name: str, *axes_labels: tuple[Any, dict[str, str]]) -> None:
-        for ax, labels in axes_labels:
-            ax.set(**labels)
-            ax.legend(fontsize=7)
-        path = out / name
-        fig.tight_layout()
-        try:
-            fig.savefig(path, dpi=110)
-        except OSError as exc:
-            raise UsageError(f"--plots {out}: cannot write {path.name} ({exc.strerror or type(exc).__name__}): "
-                             "give a directory kvperf can write to") from None
-        finally:
-            plt.close(fig)
-        written.append(path)
-
-    def memory_panel(ax: Any, xs: list[int], mine: list[Row], dtype: str) -> None:
-        ax.plot(xs, [c["kv_cache_bytes"] / 2**20 for c in mine], "o-", label=f"KV {dtype}")
-        ax.plot(xs, [c["peak_memory_bytes"] / 2**20 for c in mine], "s--", label=f"peak {dtype}")
-
-    if "length" in groups:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        for (dtype, cache), mine in _series(groups["length"], "new_tokens"):
-            ns = [c["new_tokens"] for c in mine]
-            fit = fit_power_law(ns, [c["e2e_s"] for c in mine]) if len(set(ns)) > 1 else None
-            label = f"cache {cache}, {dtype}" + (f" (n^{fit.exponent:.2f})" if fit else "")
-            ax1.loglog(ns, [c["e2e_s"] for c in mine], "o-", label=label)
-            ax2.plot(ns, [c["e2e_s"] / c["new_tokens"] * 1e3 for c in mine], "o-", label=f"cache {cache}, {dtype}")
-        save(fig, "length.png",
-             (ax1, {"xlabel": "new tokens", "ylabel": "total time (s)", "title": "Total time against length"}),
-             (ax2, {"xlabel": "new tokens", "ylabel": "time per token (ms)", "title": "Time per token"}))
-    if "batch" in groups:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        for (dtype, _), mine in _series(groups["batch"], "batch_size"):
-            bs = [c["batch_size"] for c in mine]
-            ax1.plot(bs, [c["tokens_per_s"] for c in mine], "o-", label=dtype)
-            memory_panel(ax2, bs, mine, dtype)
-        save(fig, "batch.png",
-             (ax1, {"xlabel": "batch size", "ylabel": "tokens/s", "title": "Throughput"}),
-             (ax2, {"xlabel": "batch size", "ylabel": "MiB", "title": "Memory"}))
-    if "context" in groups:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        for (dtype, _), mine in _series(groups["context"], "prompt_len"):
-            ps = [c["prompt_len"] for c in mine]
-            ax1.plot(ps, [c["itl_p50_s"] * 1e3 for c in mine], "o-", label=f"p50 {dtype}")
-            ax1.plot(ps, [c["itl_p95_s"] * 1e3 for c in mine], "s--", label=f"p95 {dtype}")
-            memory_panel(ax2, ps, mine, dtype)
-        save(fig, "context.png",
-             (ax1, {"xlabel": "prompt tokens", "ylabel": "inter-token latency (ms)", "title": "Per-token latency"}),
-             (ax2, {"xlabel": "prompt tokens", "ylabel": "MiB", "title": "Memory"}))
-    return written
-
-
-def _series(cases: list[Row], x: str) -> list[tuple[tuple[str, str], list[Row]]]:
-    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
-    for case in cases:
-        groups[(case["dtype"], case["cache"])].append(case)
-    return [(key, sorted(rows, key=lambda c: c[x])) for key, rows in sorted(groups.items())]
