@@ -1,6 +1,6 @@
-"""The benchmark matrix and the experiments of EXPERIMENTS.md, one test per experiment.
+"""The benchmark matrix and the README's experiments ("The experiments, one command each"), one test each.
 
-Which cases run is decided by the tier (``--kvperf-tier quick|full``) and the ``--kvperf-*`` options;
+Which cases run is decided by the tier (``--kvperf-tier quick|full|cpu``) and the ``--kvperf-*`` options;
 see ``kvperf.tiers``. Each case records its spec, its result and the raw per-token latencies in
 ``benchmark.extra_info``.
 """

@@ -31,6 +31,7 @@ import pytest
 from kvperf.ab import ENV_VAR as AB_ENV_VAR
 from kvperf.ab import Turns
 from kvperf.errors import KvperfError, OutOfMemoryError
+from kvperf.progress import PROGRESS_MODES, SessionProgress, format_duration, rounds_within
 from kvperf.spec import GenerationSpec, canonical_dtype
 from kvperf.tiers import (
     DEFAULT_DTYPES,
@@ -108,6 +109,10 @@ class KvperfConfig:
             warmup_rounds=_in_range("--kvperf-warmup", opt("kvperf_warmup"), 0, MAX_WARMUP_ROUNDS),
             cpu_threads=_in_range("--kvperf-threads", opt("kvperf_threads"), 1, MAX_CPU_THREADS),
         )
+        budget_s = opt("kvperf_case_budget_s")
+        if budget_s is not None and not budget_s > 0:
+            raise KvperfError(f"--kvperf-case-budget-s must be above 0 seconds, got {budget_s:g}: give the time one "
+                              "case may take, e.g. 120")
         device = opt("kvperf_device")
         if not _DEVICE.fullmatch(device):
             import torch  # only to tell a device torch knows from no device at all
@@ -167,6 +172,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_option(group, "--kvperf-warmup", type=int, default=None, help="untimed warm-up rounds per case (override)")
     add_option(group, "--kvperf-threads", type=int, default=None,
                     help="torch CPU threads while benchmarking (default: 1 in quick, torch's default in full)")
+    add_option(group, "--kvperf-case-budget-s", type=float, default=None, metavar="SECONDS",
+               help="time budget of one case: its first warm-up call is timed, and it runs only as many timed "
+                    "rounds as fit (at least one), and says so")
+    add_option(group, "--kvperf-progress", choices=PROGRESS_MODES, default="auto",
+               help="progress lines with an ETA: auto (default: for cases whose calls take 2 s or more), all "
+                    "(every case and round), none")
     add_option(group, "--kvperf-trust-remote-code", action="store_true", default=False,
                     help="allow a hub model's own code to run (off by default)")
 
@@ -219,6 +230,9 @@ def _check_ab_pipes(raw: str) -> None:
 #: The run's ``KvperfConfig`` (also read by ``kvperf.plugin_gate``).
 CONFIG_KEY = pytest.StashKey["KvperfConfig"]()
 _TURNS_KEY = pytest.StashKey[Turns]()
+_PROGRESS_KEY = pytest.StashKey[SessionProgress]()
+#: Cases whose rounds the budget lowered: name -> (rounds run, rounds of the tier, one call's seconds).
+BUDGETED_KEY = pytest.StashKey["dict[str, tuple[int, int, float]]"]()
 _MODELS_KEY = pytest.StashKey["dict[tuple[str, str, str], PreTrainedModel]"]()
 
 
@@ -289,9 +303,37 @@ def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Ca
     return get
 
 
+def _writer(config: pytest.Config) -> Callable[[str], None]:
+    """A line to the terminal from inside a test: pytest's capture is suspended for it."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(line: str) -> None:
+        if reporter is None:
+            return
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.ensure_newline()
+                reporter.write_line(line)
+        else:
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+    return write
+
+
+def _session_progress(request: pytest.FixtureRequest) -> SessionProgress:
+    config = request.config
+    if _PROGRESS_KEY not in config.stash:
+        total = sum("kvperf_bench" in getattr(item, "fixturenames", ()) for item in request.session.items)
+        config.stash[_PROGRESS_KEY] = SessionProgress(total_cases=max(total, 1), write=_writer(config),
+                                                      mode=config.getoption("kvperf_progress"))
+    return config.stash[_PROGRESS_KEY]
+
+
 @pytest.fixture
 def kvperf_bench(
-    benchmark: Any, pytestconfig: pytest.Config, kvperf_config: KvperfConfig,
+    benchmark: Any, request: pytest.FixtureRequest, pytestconfig: pytest.Config, kvperf_config: KvperfConfig,
     kvperf_model: Callable[[str], PreTrainedModel],
 ) -> Callable[..., list[GenerationResult]]:
     """``kvperf_bench(case_or_spec, dtype=None)``: benchmark one case and record it in extra_info.
@@ -313,16 +355,31 @@ def kvperf_bench(
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             _forget(pytestconfig, benchmark)
             _skip_without_gpu(device)
+        progress = _session_progress(request).case(request.node.name)
+        rounds, warmup = kvperf_config.tier.rounds, kvperf_config.tier.warmup_rounds
+
+        def before_round() -> None:
+            progress.before_round()
+            if turns is not None:
+                turns.pass_turn()
+
         # A case that does not fit is skipped with its size, and the session goes on (kvperf.oom).
         try:
             with out_of_memory_as_error(requested_size(case.spec, case.dtype, device), device):
                 model = kvperf_model(case.dtype)
-                results = benchmark_generation(benchmark, model, case.spec, rounds=kvperf_config.tier.rounds,
-                                               warmup_rounds=kvperf_config.tier.warmup_rounds,
-                                               before_round=turns.pass_turn if turns is not None else None)
+                _check_fits(model, case.spec, kvperf_config.model)
+                rounds, warmup, call_s, note = _within_budget(pytestconfig, model, case.spec, rounds, warmup)
+                progress.plan(rounds, warmup, call_s, note)
+                results = benchmark_generation(benchmark, model, case.spec, rounds=rounds, warmup_rounds=warmup,
+                                               before_round=before_round)
         except OutOfMemoryError as exc:
             _forget(pytestconfig, benchmark)
             pytest.skip(str(exc))
+        progress.done()
+        if rounds < kvperf_config.tier.rounds and call_s is not None:
+            pytestconfig.stash.setdefault(BUDGETED_KEY, {})[request.node.name] = (
+                rounds, kvperf_config.tier.rounds, call_s)
+            benchmark.extra_info["rounds_planned"] = kvperf_config.tier.rounds
         benchmark.extra_info.update(extra_info(
             results, experiment=case.experiment, tier=kvperf_config.tier.name, model=kvperf_config.model,
             torch_threads=torch.get_num_threads(),
@@ -330,6 +387,43 @@ def kvperf_bench(
         return results
 
     return run
+
+
+def _check_fits(model: PreTrainedModel, spec: GenerationSpec, name: str) -> None:
+    """A spec longer than the model's positions fails in one line, not in a traceback from inside
+    ``generate``."""
+    from kvperf.models import max_positions
+
+    limit = max_positions(model.config)
+    if limit is not None and spec.total_len > limit:
+        pytest.fail(f"{spec.case_id()} reaches {spec.total_len} positions (prompt {spec.prompt_len} + "
+                    f"{spec.new_tokens} new tokens) but model {name!r} has {limit}: give a shorter prompt_len or "
+                    "new_tokens, or a model with more positions (--kvperf-model)", pytrace=False)
+
+
+def _within_budget(config: pytest.Config, model: PreTrainedModel, spec: GenerationSpec, rounds: int,
+                   warmup: int) -> tuple[int, int, float | None, str]:
+    """Rounds and warm-ups under ``--kvperf-case-budget-s``: the first warm-up call is made and timed
+    here (an extra untimed call with ``--kvperf-warmup 0``), then as many rounds run as fit. Returns
+    them, that call's seconds (None without a budget) and a note when the rounds were lowered."""
+    budget_s = config.getoption("kvperf_case_budget_s")
+    if budget_s is None:
+        return rounds, warmup, None, ""
+    import time
+
+    from kvperf.harness import time_generation
+    from kvperf.prompts import make_prompts
+
+    input_ids, attention_mask = make_prompts(model, spec)
+    start = time.perf_counter()
+    time_generation(model, spec, input_ids, attention_mask)
+    call_s = time.perf_counter() - start
+    warmup = max(0, warmup - 1)
+    fit = rounds_within(budget_s, call_s, rounds, warmup)
+    if fit >= rounds:
+        return rounds, warmup, call_s, ""
+    return fit, warmup, call_s, (f"one call takes {format_duration(call_s)}: {fit} of {rounds} timed round(s) fit in "
+                                 f"--kvperf-case-budget-s {budget_s:g}")
 
 
 def _forget(config: pytest.Config, benchmark: Any) -> None:

@@ -38,7 +38,7 @@ from kvperf.baseline import (
 from kvperf.compare import EXIT_UNTESTED, TIMING_MODES, Comparison, TimingMode, compare, parse_thresholds
 from kvperf.env import Environment, current_environment, mismatched_fields
 from kvperf.errors import EXIT_NOTHING_COMPARED, EXIT_SAVE_FAILED, KvperfError
-from kvperf.plugin import CONFIG_KEY, add_option, kvperf_config_of
+from kvperf.plugin import BUDGETED_KEY, CONFIG_KEY, add_option, kvperf_config_of
 from kvperf.render import render_table
 from kvperf.selection import Selection, narrowed_by, relative_args
 from kvperf.summary import write_summary
@@ -403,6 +403,13 @@ def pytest_terminal_summary_kvperf(terminalreporter: Any, exitstatus: int, confi
     if cases:
         terminalreporter.section("kvperf summary")
         write_summary(terminalreporter.write_line, cases)
+        budgeted = config.stash.get(BUDGETED_KEY, {})
+        if budgeted:
+            terminalreporter.write_line(
+                f"kvperf: {len(budgeted)} case(s) ran fewer rounds to fit --kvperf-case-budget-s "
+                f"{config.getoption('kvperf_case_budget_s'):g} (rounds run of the tier's, one call): "
+                + ", ".join(f"{name} {run}/{planned} ({call_s:.1f} s)" for name, (run, planned, call_s)
+                            in budgeted.items()))
         json_path = config.getoption("benchmark_json", None)
         if json_path:
             terminalreporter.write_line(f"kvperf: every round is in {json_path}: `kvperf report {json_path}` for the "

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kvperf.errors import BadInputError, UsageError
+from kvperf.errors import BadInputError
+from kvperf.physics import CONTENDED_WAIT, contended, contradictions
+from kvperf.plots import make_plots
 from kvperf.result_file import REPORT_FIELDS, check_case, check_schema, read_json
 from kvperf.scaling import fit_power_law
+from kvperf.tiers import ordered_experiments
 
 __all__ = ["Table", "format_table", "load_cases", "make_plots", "make_tables"]
 
@@ -94,6 +97,16 @@ def _by_experiment(cases: Iterable[Row]) -> dict[str, list[Row]]:
     return groups
 
 
+def _busy(*cases: Row) -> str:
+    """``! 63%`` when a case's rounds waited for a core (median ``cpu_wait`` above 5%), else empty."""
+    waits = [w for w in (contended(c) for c in cases) if w is not None]
+    return f"! {max(waits):.0%}" if waits else ""
+
+
+_BUSY_NOTE = (f"busy: '! N%' marks a case whose rounds waited for a core N% of their time (median cpu_wait above "
+              f"{CONTENDED_WAIT:.0%}): another process slowed it, and its timings say more about the machine.")
+
+
 def _fit_note(label: str, xs: Sequence[float], ys: Sequence[float]) -> str:
     if len(set(xs)) < 2:
         return f"{label}: too few points for a fit"
@@ -111,29 +124,29 @@ def _length_table(cases: list[Row]) -> Table:
         for n in sorted(on.keys() & off.keys()):
             rows.append((dtype, str(n), _ms(on[n]["e2e_s"]), _ms(off[n]["e2e_s"]),
                          f"{off[n]['e2e_s'] / on[n]['e2e_s']:.2f}x",
-                         _ms(on[n]["e2e_s"] / n), _ms(off[n]["e2e_s"] / n)))
+                         _ms(on[n]["e2e_s"] / n), _ms(off[n]["e2e_s"] / n), _busy(on[n], off[n])))
         for label, side in (("cache on", on), ("cache off", off)):
             ns = sorted(side)
             notes.append(_fit_note(f"{dtype} total time, {label}", ns, [side[n]["e2e_s"] for n in ns]))
     return Table("Cache on vs off against output length (experiment 1)",
                  ("dtype", "new tokens", "e2e on ms", "e2e off ms", "speedup", "per token on ms",
-                  "per token off ms"), tuple(rows), tuple(notes))
+                  "per token off ms", "busy"), tuple(rows), tuple(notes))
 
 
 def _batch_table(cases: list[Row]) -> Table:
     rows = [(c["dtype"], str(c["batch_size"]), f"{c['tokens_per_s']:.1f}", _ms(c["itl_p50_s"]),
              _ms(c["itl_p95_s"]), _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"]),
-             _mib(c["kv_cache_bytes"] / c["batch_size"]))
+             _mib(c["kv_cache_bytes"] / c["batch_size"]), _busy(c))
             for c in _sorted(cases, "dtype", "batch_size")]
     return Table("Batching, cache on (experiment 2)",
                  ("dtype", "batch", "tokens/s", "ITL p50 ms", "ITL p95 ms", "peak MiB", "KV MiB",
-                  "KV MiB/seq"), tuple(rows))
+                  "KV MiB/seq", "busy"), tuple(rows))
 
 
 def _context_table(cases: list[Row]) -> Table:
     ordered = _sorted(cases, "dtype", "prompt_len")
     rows = [(c["dtype"], str(c["prompt_len"]), _ms(c["ttft_s"]), _ms(c["itl_p50_s"]), _ms(c["itl_p95_s"]),
-             _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"])) for c in ordered]
+             _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"]), _busy(c)) for c in ordered]
     notes = []
     for dtype in sorted({c["dtype"] for c in cases}):
         mine = [c for c in ordered if c["dtype"] == dtype]
@@ -143,15 +156,15 @@ def _context_table(cases: list[Row]) -> Table:
         notes.append(_fit_note(f"{dtype} ITL p50 against prompt length", [c["prompt_len"] for c in mine],
                                [c["itl_p50_s"] for c in mine]))
     return Table("Context length, cache on, batch 1 (experiment 3)",
-                 ("dtype", "prompt", "TTFT ms", "ITL p50 ms", "ITL p95 ms", "peak MiB", "KV MiB"),
+                 ("dtype", "prompt", "TTFT ms", "ITL p50 ms", "ITL p95 ms", "peak MiB", "KV MiB", "busy"),
                  tuple(rows), tuple(notes))
 
 
 def _first_token_table(cases: list[Row]) -> Table:
     rows = [(c["dtype"], str(c["prompt_len"]), _ms(c["ttft_s"]), _ms(c["tpot_s"]),
-             f"{c['ttft_s'] / c['tpot_s']:.2f}") for c in _sorted(cases, "dtype", "prompt_len")]
+             f"{c['ttft_s'] / c['tpot_s']:.2f}", _busy(c)) for c in _sorted(cases, "dtype", "prompt_len")]
     return Table("First-token vs next-token latency (experiment 4)",
-                 ("dtype", "prompt", "TTFT ms", "TPOT ms", "TTFT / TPOT"), tuple(rows),
+                 ("dtype", "prompt", "TTFT ms", "TPOT ms", "TTFT / TPOT", "busy"), tuple(rows),
                  ("TTFT is prefill plus the first token, after warm-up; TPOT = (e2e - TTFT) / (new - 1).",))
 
 
@@ -163,9 +176,9 @@ def _matrix_table(cases: list[Row]) -> Table:
         speedup = f"{twin['e2e_s'] / c['e2e_s']:.2f}x" if twin and c["cache"] != "off" else ""
         rows.append((c["cache"], str(c["batch_size"]), str(c["prompt_len"]), str(c["new_tokens"]), c["dtype"],
                      _ms(c["ttft_s"]), _ms(c["tpot_s"]), _ms(c["e2e_s"]), f"{c['tokens_per_s']:.1f}", speedup,
-                     _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"])))
+                     _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"]), _busy(c)))
     return Table("Benchmark matrix", ("cache", "batch", "prompt", "new", "dtype", "TTFT ms", "TPOT ms", "e2e ms",
-                                      "tokens/s", "vs off", "peak MiB", "KV MiB"), tuple(rows),
+                                      "tokens/s", "vs off", "peak MiB", "KV MiB", "busy"), tuple(rows),
                  ("'vs off': e2e with the cache off divided by e2e of this row (same batch, prompt, dtype).",))
 
 
@@ -195,86 +208,14 @@ _BUILDERS: dict[str, Callable[[list[Row]], Table]] = {
 def make_tables(cases: list[Row]) -> list[Table]:
     """One table per experiment present in ``cases`` (custom cases go in the matrix layout)."""
     tables = []
-    for experiment, group in sorted(_by_experiment(cases).items()):
-        tables.append(_BUILDERS.get(experiment, _matrix_table)(group))
+    groups = _by_experiment(cases)
+    for experiment in ordered_experiments(groups):  # the README's order, not the alphabet's
+        group = groups[experiment]
+        table = _BUILDERS.get(experiment, _matrix_table)(group)
+        extra = [_BUSY_NOTE] if any(contended(c) for c in group) else []
+        extra += [f"contradicts the FLOP counts: {line}" for line in contradictions(group)]
+        tables.append(replace(table, notes=table.notes + tuple(extra)))
     cached = [c for c in cases if c["cache"] != "off" and "kv_cache_formula_bytes" in c]
     if cached:
         tables.append(_formula_table(cached))
     return tables
-
-
-def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
-    """Write one PNG per plotted experiment into ``out_dir`` and return their paths."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("plots need matplotlib: pip install 'kvperf[plot]'") from None
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--plots {out}: cannot create the directory ({exc.strerror or type(exc).__name__}): "
-                         "give a directory kvperf can write to") from None
-    groups = _by_experiment(cases)
-    written: list[Path] = []
-
-    def save(fig: Any, name: str, *axes_labels: tuple[Any, dict[str, str]]) -> None:
-        for ax, labels in axes_labels:
-            ax.set(**labels)
-            ax.legend(fontsize=7)
-        path = out / name
-        fig.tight_layout()
-        try:
-            fig.savefig(path, dpi=110)
-        except OSError as exc:
-            raise UsageError(f"--plots {out}: cannot write {path.name} ({exc.strerror or type(exc).__name__}): "
-                             "give a directory kvperf can write to") from None
-        finally:
-            plt.close(fig)
-        written.append(path)
-
-    def memory_panel(ax: Any, xs: list[int], mine: list[Row], dtype: str) -> None:
-        ax.plot(xs, [c["kv_cache_bytes"] / 2**20 for c in mine], "o-", label=f"KV {dtype}")
-        ax.plot(xs, [c["peak_memory_bytes"] / 2**20 for c in mine], "s--", label=f"peak {dtype}")
-
-    if "length" in groups:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        for (dtype, cache), mine in _series(groups["length"], "new_tokens"):
-            ns = [c["new_tokens"] for c in mine]
-            fit = fit_power_law(ns, [c["e2e_s"] for c in mine]) if len(set(ns)) > 1 else None
-            label = f"cache {cache}, {dtype}" + (f" (n^{fit.exponent:.2f})" if fit else "")
-            ax1.loglog(ns, [c["e2e_s"] for c in mine], "o-", label=label)
-            ax2.plot(ns, [c["e2e_s"] / c["new_tokens"] * 1e3 for c in mine], "o-", label=f"cache {cache}, {dtype}")
-        save(fig, "length.png",
-             (ax1, {"xlabel": "new tokens", "ylabel": "total time (s)", "title": "Total time against length"}),
-             (ax2, {"xlabel": "new tokens", "ylabel": "time per token (ms)", "title": "Time per token"}))
-    if "batch" in groups:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        for (dtype, _), mine in _series(groups["batch"], "batch_size"):
-            bs = [c["batch_size"] for c in mine]
-            ax1.plot(bs, [c["tokens_per_s"] for c in mine], "o-", label=dtype)
-            memory_panel(ax2, bs, mine, dtype)
-        save(fig, "batch.png",
-             (ax1, {"xlabel": "batch size", "ylabel": "tokens/s", "title": "Throughput"}),
-             (ax2, {"xlabel": "batch size", "ylabel": "MiB", "title": "Memory"}))
-    if "context" in groups:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        for (dtype, _), mine in _series(groups["context"], "prompt_len"):
-            ps = [c["prompt_len"] for c in mine]
-            ax1.plot(ps, [c["itl_p50_s"] * 1e3 for c in mine], "o-", label=f"p50 {dtype}")
-            ax1.plot(ps, [c["itl_p95_s"] * 1e3 for c in mine], "s--", label=f"p95 {dtype}")
-            memory_panel(ax2, ps, mine, dtype)
-        save(fig, "context.png",
-             (ax1, {"xlabel": "prompt tokens", "ylabel": "inter-token latency (ms)", "title": "Per-token latency"}),
-             (ax2, {"xlabel": "prompt tokens", "ylabel": "MiB", "title": "Memory"}))
-    return written
-
-
-def _series(cases: list[Row], x: str) -> list[tuple[tuple[str, str], list[Row]]]:
-    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
-    for case in cases:
-        groups[(case["dtype"], case["cache"])].append(case)
-    return [(key, sorted(rows, key=lambda c: c[x])) for key, rows in sorted(groups.items())]

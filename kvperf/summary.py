@@ -10,23 +10,17 @@ with care.
 
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from kvperf.physics import CONTENDED_WAIT, contended
 from kvperf.report import Table, format_table
+from kvperf.tiers import ordered_experiments
 
-__all__ = ["CONTENDED_WAIT", "EXPERIMENT_ORDER", "contended", "ordered_experiments", "summary_tables",
-           "write_summary"]
+__all__ = ["summary_tables", "write_summary"]
 
 Row = dict[str, Any]
-
-#: The experiments in the order the README presents them; others (``custom``) after, by name.
-EXPERIMENT_ORDER = ("matrix", "length", "batch", "context", "first_token")
-#: A case whose median round waited for a core longer than this share of its wall time is contended
-#: (the same limit as ``kvperf.compare.MAX_CPU_WAIT``, above which a comparison drops a round).
-CONTENDED_WAIT = 0.05
 
 _TITLES = {
     "matrix": "matrix: cache on / static / off x batch x prompt",
@@ -35,22 +29,6 @@ _TITLES = {
     "context": "context (experiment 3): latency and memory against prompt length",
     "first_token": "first_token (experiment 4): TTFT against TPOT",
 }
-
-
-def ordered_experiments(names: Iterable[str]) -> list[str]:
-    """``names`` in the README's experiment order, unknown ones after it by name."""
-    known = [n for n in EXPERIMENT_ORDER if n in set(names)]
-    return known + sorted(set(names) - set(EXPERIMENT_ORDER))
-
-
-def contended(case: Row) -> float | None:
-    """The median share of its rounds' wall time a case waited for a core, if above
-    ``CONTENDED_WAIT``; None for a quiet case or one without the record."""
-    waits = [w for w in case.get("cpu_wait_samples") or [] if isinstance(w, (int, float))]
-    if not waits:
-        return None
-    wait = statistics.median(waits)
-    return wait if wait > CONTENDED_WAIT else None
 
 
 def _ms(seconds: float) -> str:

@@ -1,23 +1,25 @@
 """Benchmark tiers: which cases each experiment runs, on which model.
 
 ``quick`` runs on every CI job on a CPU: ``tiny-gpt2``, every experiment at small sizes, in about a
-minute. ``full`` is the experiments of EXPERIMENTS.md at their real sizes on ``distilgpt2``, for a
-GPU runner or a patient CPU.
+minute. ``full`` is the experiments of the README's "The experiments, one command each" at their
+real sizes on ``distilgpt2``, for a GPU runner or a patient CPU (8-17 hours on 2 vCPUs). ``cpu`` is
+the full tier's sizes on ``tiny-llama-gqa``, which a 2-vCPU machine runs in minutes.
 
 Experiments (the names are the ``kvperf_experiment`` markers of ``benchmarks/``):
 
 * ``matrix``: cache on (dynamic) / static / off x batch sizes x prompt lengths, the regression grid.
-* ``length``: cache on vs off against the number of new tokens (EXPERIMENTS.md 1: O(n^2) vs O(n)).
-* ``batch``: throughput and per-token latency against batch size (EXPERIMENTS.md 2).
-* ``context``: per-token latency and memory against prompt length (EXPERIMENTS.md 3).
-* ``first_token``: TTFT against TPOT for a short prompt (EXPERIMENTS.md 4).
+* ``length``: cache on vs off against the number of new tokens (the README's experiment 1: O(n^2) vs O(n)).
+* ``batch``: throughput and per-token latency against batch size (experiment 2).
+* ``context``: per-token latency and memory against prompt length (experiment 3).
+* ``first_token``: TTFT against TPOT for a short prompt (experiment 4).
 
 Every case also records the KV-cache bytes measured from the tensors beside the formula
-(EXPERIMENTS.md 5).
+(experiment 5).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from itertools import product
 
@@ -25,7 +27,7 @@ from kvperf.errors import UsageError
 from kvperf.spec import CacheMode, GenerationSpec, canonical_dtype
 
 __all__ = ["DEFAULT_DTYPES", "EXPERIMENTS", "MAX_CPU_THREADS", "MAX_ROUNDS", "MAX_WARMUP_ROUNDS", "TIERS", "Case",
-           "Tier", "get_tier"]
+           "Tier", "get_tier", "ordered_experiments"]
 
 EXPERIMENTS = ("matrix", "length", "batch", "context", "first_token")
 #: The dtypes every tier runs in, by device type (``--kvperf-dtypes`` overrides them).
@@ -136,7 +138,23 @@ TIERS: dict[str, Tier] = {
         sweep_batch_sizes=(1, 2, 4, 8, 16), batch_prompt_len=128, sweep_prompt_lens=(32, 128, 256, 512, 768),
         first_token_prompt_len=8, rounds=3, warmup_rounds=1, cpu_threads=None,
     ),
+    # The full tier's sizes (10-500 new tokens, batch up to 16, prompts up to 768) on a model a CPU runs
+    # in minutes: tiny-llama-gqa (2 layers, hidden 128, 1024 positions). What it shows is the shape
+    # of each experiment (cache on O(n) against off O(n^2), batching, context), not distilgpt2's times.
+    "cpu": Tier(
+        name="cpu", model="tiny-llama-gqa", new_tokens=128,
+        batch_sizes=(1, 4), prompt_lens=(128, 512),
+        length_new_tokens=(10, 50, 100, 250, 500), length_prompt_len=8,
+        sweep_batch_sizes=(1, 2, 4, 8, 16), batch_prompt_len=128, sweep_prompt_lens=(32, 128, 256, 512, 768),
+        first_token_prompt_len=8, rounds=3, warmup_rounds=1, cpu_threads=1,
+    ),
 }
+
+
+def ordered_experiments(names: Iterable[str]) -> list[str]:
+    """``names`` in the order of ``EXPERIMENTS`` (the README's), unknown ones (``custom``) after, by name."""
+    present = set(names)
+    return [n for n in EXPERIMENTS if n in present] + sorted(present - set(EXPERIMENTS))
 
 
 def get_tier(name: str) -> Tier:

@@ -44,7 +44,7 @@ def test_cases_run_with_readable_ids_and_full_extra_info(pytester: pytest.Pytest
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--kvperf-tier", "huge"], "ERROR: unknown tier 'huge': use one of quick, full"),
+        (["--kvperf-tier", "huge"], "ERROR: unknown tier 'huge': use one of quick, full, cpu"),
         (["--kvperf-dtypes", "int4"],
          "ERROR: --kvperf-dtypes: unknown dtype 'int4': use one of float32, bfloat16, float16"),
         (["--kvperf-batch-sizes", "0"], "ERROR: --kvperf-batch-sizes values must be positive integers, got '0'"),

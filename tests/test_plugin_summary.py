@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from kvperf.summary import contended, ordered_experiments, summary_tables
+from kvperf.physics import contended
+from kvperf.summary import summary_tables
+from kvperf.tiers import ordered_experiments
 from tests.test_plugin_baseline import TINY
 
 BENCH_FILE = """
