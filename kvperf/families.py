@@ -57,7 +57,8 @@ _SIZES: dict[str, int] = {
     "lru_width": 64, "embedding_size": 64, "hidden_size_per_layer_input": 16, "laurel_rank": 8,
     "swa_num_attention_heads": 4, "swa_num_key_value_heads": 1, "swa_head_dim": 8,
     "word_embed_proj_dim": 64, "dim_head": 16, "attention_head_size": 16, "rotary_dim": 8,
-    "embedding_dim": 64, "adapter_in_dim": 64, "adapter_input_size": 64, "hc_lowrank": 16, "ple_embed_dim": 16,
+    "query_pre_attn_scalar": 16, "embedding_dim": 64, "adapter_in_dim": 64, "adapter_input_size": 64,
+    "hc_lowrank": 16, "ple_embed_dim": 16,
     "ngram_vocab_size_base": 1000, "d_rel": 4, "rel_extent": 16,
 }
 

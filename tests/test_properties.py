@@ -45,11 +45,12 @@ import torch
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, LinearAttentionLayer
 
 from kvperf.configs import SmallConfig, build_model, small_configs
+from kvperf.families import tiny_model
 from kvperf.harness import generate_kwargs
-from kvperf.kv_size import cache_kwarg
+from kvperf.kv_size import KvShape, cache_kwarg, estimate_kv_cache, measure_layer_bytes, returned_cache
 from kvperf.prompts import make_prompts
 from kvperf.spec import GenerationSpec
 
@@ -324,3 +325,217 @@ def test_low_precision_token_property_catches_broken_cache(breakage: str, dtype:
     search = settings(max_examples=500, derandomize=True, database=None, deadline=None,
                       phases=[Phase.generate], suppress_health_check=[HealthCheck.too_slow])
     find(cases(caches=("on",)), caught, settings=search)  # raises NoSuchExample if P2 never fails
+
+
+# --- latent-attention, hybrid and sliding-window families -----------------------------------------------
+#
+# The properties above run over kvperf.configs' six families; these run P1 and the formula over three
+# more layer types, built with kvperf.families.tiny_config at drawn sizes: DeepSeek-V3's multi-head
+# latent attention (the cache holds the compressed latent and the rotary key), Qwen3-Next's hybrid of
+# gated DeltaNet layers (conv and recurrent states) and attention, and OLMo 3's sliding and full layers.
+# (Gemma 3's sliding layers are no good here: its final logit soft-capping keeps the greedy token of a
+# broken sliding cache although the scores move by 15; P1 cannot see it, P3 would.)
+# Each is shown to fail on a broken cache of its own type.
+
+#: The families and the sizes hypothesis draws for each (tiny_config overrides).
+LAYER_TYPE_FAMILIES = ("deepseek_v3", "qwen3_next", "olmo3")
+
+
+@dataclass(frozen=True)
+class FamilyCase:
+    """A case on a tiny model of ``model_type`` with ``overrides`` (kvperf.families.tiny_config)."""
+
+    model_type: str
+    overrides: tuple[tuple[str, int], ...]
+    spec: GenerationSpec
+    left_pad: tuple[int, ...]
+    model_seed: int = 0
+
+    def model(self, dtype: str = "float32") -> Any:
+        return tiny_model(self.model_type, dtype, seed=self.model_seed, **dict(self.overrides))
+
+
+def _family_sizes(draw: st.DrawFn, model_type: str) -> dict[str, int]:
+    if model_type == "deepseek_v3":
+        rope = draw(st.sampled_from([4, 8]))
+        return {"num_attention_heads": draw(st.sampled_from([2, 4])),
+                "kv_lora_rank": draw(st.sampled_from([8, 16, 32])), "qk_rope_head_dim": rope, "head_dim": rope,
+                "qk_nope_head_dim": draw(st.sampled_from([8, 16])),
+                "v_head_dim": draw(st.sampled_from([8, 16, 24]))}
+    if model_type == "qwen3_next":
+        return {"linear_num_key_heads": draw(st.sampled_from([1, 2])),
+                "linear_key_head_dim": draw(st.sampled_from([8, 16])),
+                "linear_num_value_heads": draw(st.sampled_from([2, 4])),
+                "linear_value_head_dim": draw(st.sampled_from([8, 16])),
+                "linear_conv_kernel_dim": draw(st.sampled_from([2, 3, 4]))}
+    return {"sliding_window": draw(st.integers(2, 6)), "num_key_value_heads": draw(st.sampled_from([1, 2]))}
+
+
+@st.composite
+def family_cases(draw: st.DrawFn, model_types: tuple[str, ...] = LAYER_TYPE_FAMILIES,
+                 caches: tuple[str, ...] = ("on", "static")) -> FamilyCase:
+    model_type = draw(st.sampled_from(model_types))
+    batch = draw(st.integers(1, 3))
+    prompt = draw(st.integers(1, 12))
+    spec = GenerationSpec(cache=draw(st.sampled_from(caches)), batch_size=batch, prompt_len=prompt,
+                          new_tokens=draw(st.integers(2, 8)), seed=draw(st.integers(0, 1000)))
+    left_pad = tuple(draw(st.lists(st.integers(0, prompt - 1), min_size=batch, max_size=batch)))
+    return FamilyCase(model_type, tuple(sorted(_family_sizes(draw, model_type).items())), spec, left_pad,
+                      model_seed=draw(st.integers(0, 1000)))
+
+
+#: Fewer examples than the six-family properties: a tiny model of these families takes longer to build.
+FAMILY_SETTINGS = settings(max_examples=12)
+
+
+@FAMILY_SETTINGS
+@given(case=family_cases())
+def test_p1_on_latent_hybrid_and_sliding_families(case: FamilyCase) -> None:
+    """P1 over latent attention, hybrid and sliding layers: float32 token ids with the cache (dynamic or
+    static) equal those without it."""
+    violation = token_violation(run_case(case.model(), case))  # type: ignore[arg-type]
+    assert violation is None, violation
+
+
+def family_size_mismatch(case: FamilyCase, dtype: str, formula: Callable[..., Any] = estimate_kv_cache) -> str | None:
+    """The formula against the cache of ``case``'s generation, layer by layer."""
+    model = case.model(dtype)
+    input_ids, attention_mask = make_prompts(model, case.spec, left_pad=case.left_pad)
+    cache = returned_cache(_greedy(model, case.spec, input_ids, attention_mask))
+    seq_len = case.spec.prompt_len + case.spec.new_tokens - 1
+    estimate = formula(model.config, case.spec.batch_size, seq_len, dtype,
+                       "static" if case.spec.cache == "static" else "dynamic", prompt_len=case.spec.prompt_len)
+    measured = measure_layer_bytes(cache)
+    return None if estimate.layer_bytes == measured else f"formula {estimate.layer_bytes} != measured {measured}"
+
+
+@FAMILY_SETTINGS
+@given(case=family_cases(), dtype=st.sampled_from(["float32", "bfloat16"]))
+def test_formula_on_latent_hybrid_and_sliding_families(case: FamilyCase, dtype: str) -> None:
+    """The formula equals the measured cache, per layer, for the three layer types in both dtypes."""
+    mismatch = family_size_mismatch(case, dtype)
+    assert mismatch is None, mismatch
+
+
+class FrozenRecurrentLayer(LinearAttentionLayer):
+    """A decode step computes its recurrent state but does not store it: every step starts again from
+    the prefill's state (a lost write)."""
+
+    def update_recurrent_state(self, recurrent_states: torch.Tensor, state_idx: int = 0,
+                               **kwargs: Any) -> torch.Tensor:
+        if self.is_recurrent_states_initialized[state_idx]:
+            return recurrent_states
+        return super().update_recurrent_state(recurrent_states, state_idx, **kwargs)
+
+
+class ResetRecurrentLayer(LinearAttentionLayer):
+    """Stores zeros for the recurrent state of every decode step: the next step forgets the prefix."""
+
+    def update_recurrent_state(self, recurrent_states: torch.Tensor, state_idx: int = 0,
+                               **kwargs: Any) -> torch.Tensor:
+        decoding = self.is_recurrent_states_initialized[state_idx]
+        stored = super().update_recurrent_state(recurrent_states, state_idx, **kwargs)
+        if decoding:
+            stored.zero_()
+            return recurrent_states
+        return stored
+
+
+class ShiftedKeysSlidingLayer(DynamicSlidingWindowLayer):
+    """A sliding layer that returns each past key one position late (``ShiftedKeysLayer``'s read)."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = super().update(key_states, value_states)
+        if key_states.shape[-2] == 1 and keys.shape[-2] > 2:
+            past = keys[..., :-1, :]
+            keys = torch.cat([past[..., :1, :], past[..., :-1, :], keys[..., -1:, :]], dim=-2)
+        return keys, values
+
+
+def config_cache_with(model: Any, replaced: type, broken: type) -> Callable[[], DynamicCache]:
+    """A factory of the ``DynamicCache`` transformers builds for ``model``, with every layer of class
+    ``replaced`` turned into ``broken`` (a subclass that keeps its state and changes one method)."""
+
+    def make() -> DynamicCache:
+        cache = DynamicCache(config=model.config)
+        for layer in cache.layers:
+            if type(layer) is replaced:
+                layer.__class__ = broken
+        return cache
+
+    return make
+
+
+#: One fixed case per new layer type, with left padding, for the mutation tests.
+FAMILY_MUTATION_CASES = {
+    "deepseek_v3": FamilyCase("deepseek_v3", (), GenerationSpec(batch_size=2, prompt_len=7, new_tokens=8), (0, 2)),
+    "qwen3_next": FamilyCase("qwen3_next", (), GenerationSpec(batch_size=2, prompt_len=7, new_tokens=8), (0, 2)),
+    "olmo3": FamilyCase("olmo3", (), GenerationSpec(batch_size=2, prompt_len=9, new_tokens=8), (0, 2)),
+}
+#: Per family: the broken caches of its own layer type (a factory given the model).
+FAMILY_BREAKAGES: dict[str, dict[str, Callable[[Any], Callable[[], Any]]]] = {
+    "deepseek_v3": {name: (lambda model, layer=layer: cache_of(layer)) for name, layer in BROKEN_LAYERS.items()},
+    "qwen3_next": {
+        "frozen-recurrent-state": lambda model: config_cache_with(model, LinearAttentionLayer, FrozenRecurrentLayer),
+        "reset-recurrent-state": lambda model: config_cache_with(model, LinearAttentionLayer, ResetRecurrentLayer),
+    },
+    "olmo3": {
+        "shifted-sliding-keys": lambda model: config_cache_with(model, DynamicSlidingWindowLayer,
+                                                                 ShiftedKeysSlidingLayer),
+    },
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_MUTATION_CASES))
+def test_family_control_cache_passes(model_type: str) -> None:
+    """Control: transformers' own cache for the model, passed the way the broken ones are, passes P1."""
+    case = FAMILY_MUTATION_CASES[model_type]
+    model = case.model()
+    run = run_case(model, case, lambda: DynamicCache(config=model.config))  # type: ignore[arg-type]
+    assert token_violation(run) is None
+
+
+@pytest.mark.parametrize(("model_type", "breakage"), [(m, b) for m, breaks in FAMILY_BREAKAGES.items() for b in breaks])
+def test_p1_catches_broken_cache_of_each_layer_type(model_type: str, breakage: str) -> None:
+    """P1 fails on a broken latent-attention, linear-attention (recurrent state) and sliding layer."""
+    case = FAMILY_MUTATION_CASES[model_type]
+    model = case.model()
+    run = run_case(model, case, FAMILY_BREAKAGES[model_type][breakage](model))  # type: ignore[arg-type]
+    assert token_violation(run) is not None, f"the {breakage} cache passed P1 on {model_type}"
+
+
+def _expanded_latent(config: Any, *args: Any, **kwargs: Any) -> Any:
+    """Sizes multi-head latent attention as keys and values expanded to every head (what transformers
+    cached before 5.24), not the latent and the rotary key it caches now."""
+    shape = KvShape.from_config(config)
+    heads, rope = config.num_attention_heads, config.qk_rope_head_dim
+    layers = tuple(replace(layer, key_heads=heads, key_dim=config.qk_nope_head_dim + rope, value_heads=heads,
+                           value_dim=config.v_head_dim) for layer in shape.layers)
+    return estimate_kv_cache(replace(shape, layers=layers), *args, **kwargs)
+
+
+def _state_in_model_dtype(config: Any, *args: Any, **kwargs: Any) -> Any:
+    """Keeps the recurrent states in the model's dtype (they are float32 in transformers' scans)."""
+    shape = KvShape.from_config(config)
+    layers = tuple(replace(layer, recurrent_itemsize=0) for layer in shape.layers)
+    return estimate_kv_cache(replace(shape, layers=layers), *args, **kwargs)
+
+
+def _no_state(config: Any, *args: Any, **kwargs: Any) -> Any:
+    """Counts keys and values only, as a formula that knows attention alone would."""
+    shape = KvShape.from_config(config)
+    layers = tuple(replace(layer, conv_elements=0, recurrent_elements=0) for layer in shape.layers)
+    return estimate_kv_cache(replace(shape, layers=layers), *args, **kwargs)
+
+
+@pytest.mark.parametrize(("model_type", "dtype", "formula"), [
+    ("deepseek_v3", "float32", _expanded_latent),
+    ("qwen3_next", "bfloat16", _state_in_model_dtype),
+    ("qwen3_next", "float32", _no_state),
+], ids=["expanded-latent", "state-in-model-dtype", "no-state"])
+def test_formula_property_catches_broken_formula_of_each_layer_type(model_type: str, dtype: str,
+                                                                    formula: Callable[..., Any]) -> None:
+    case = FAMILY_MUTATION_CASES[model_type]
+    assert family_size_mismatch(case, dtype) is None
+    assert family_size_mismatch(case, dtype, formula) is not None
