@@ -28,12 +28,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvperf.baseline import probe_write
 from kvperf.errors import KvperfError, UsageError
 
 __all__ = ["ENV_VAR", "FIXED_MALLOC", "OUTPUTS", "AbRun", "Side", "SideFailedError", "Turns", "default_cpus",
@@ -265,9 +265,7 @@ def prepare_out(out_dir: str | Path, *, overwrite: bool = False) -> Path:
                          "created if needed)")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".kvperf-ab-", suffix=".probe", dir=out)
-        os.close(fd)
-        os.unlink(probe)
+        probe_write(out)
     except OSError as exc:
         raise UsageError(f"--out {raw}: cannot write there ({exc.strerror or type(exc).__name__}): give a "
                          "writable directory") from None

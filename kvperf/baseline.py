@@ -47,6 +47,7 @@ __all__ = [
     "check_writable",
     "dumps",
     "load_baseline",
+    "probe_write",
     "write_baseline",
     "write_fallback",
 ]
@@ -221,12 +222,18 @@ def check_writable(directory: str | Path, option: str = "--kvperf-save-baseline=
         raise BadInputError(f"{existing}: is not a directory, so no baseline can be saved under {wanted}: "
                             f"pass {option} with a directory")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".kvperf-write-check.", suffix=".tmp", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
+        probe_write(existing)
     except OSError as exc:
         raise BadInputError(f"{wanted}: cannot save a baseline there ({_reason(exc)}): pass {option} with a "
                             "writable DIR") from None
+
+
+def probe_write(directory: str | Path) -> None:
+    """Create and remove a file ``.kvperf-write-check.<random>.tmp`` in ``directory`` (git-ignored):
+    ``OSError`` when nothing can be written there, a read-only file system included."""
+    fd, probe = tempfile.mkstemp(prefix=".kvperf-write-check.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_fallback(data: dict[str, Any], stem: str) -> tuple[Path | None, list[str]]:
