@@ -138,9 +138,10 @@ def _cmd_kv_size(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     report.pop("layer_bytes")
+    windows = ["-" if kind in ("state", "none") else "full" if w is None else w  # "-": no keys and values
+               for kind, w in zip(report["layer_kinds"], report["layer_windows"], strict=True)]
     report["layer_kinds"] = ", ".join(f"{kind} x{len(list(run))}" for kind, run in groupby(report["layer_kinds"]))
-    report["layer_windows"] = ", ".join(f"{'full' if w is None else w} x{len(list(run))}"
-                                        for w, run in groupby(report["layer_windows"]))
+    report["layer_windows"] = ", ".join(f"{w} x{len(list(run))}" for w, run in groupby(windows))
     for key in ("num_kv_heads", "head_dim"):  # None: layers (or keys and values) differ
         if report[key] is None:
             report[key] = "varies (see layer_kinds)"

@@ -122,14 +122,20 @@ class KvShape:
 
     @property
     def num_kv_heads(self) -> int | None:
-        """The KV heads of every K/V layer, when keys and values have the same heads in all of them."""
+        """The KV heads of every K/V layer, when keys and values have the same heads in all of them
+        (``None`` when they differ, 0 for a cache of states alone)."""
         heads = {(layer.key_heads, layer.value_heads) for layer in self.layers if layer.has_kv}
+        if not heads:  # a cache of states alone
+            return 0
         return next(iter(heads))[0] if len(heads) == 1 and len({*next(iter(heads))}) == 1 else None
 
     @property
     def head_dim(self) -> int | None:
-        """The head dim of keys and values in every K/V layer, when it is one number."""
+        """The head dim of keys and values in every K/V layer, when it is one number (``None`` when keys
+        and values or layers differ, 0 for a cache of states alone)."""
         dims = {(layer.key_dim, layer.value_dim) for layer in self.layers if layer.has_kv}
+        if not dims:
+            return 0
         return next(iter(dims))[0] if len(dims) == 1 and len({*next(iter(dims))}) == 1 else None
 
     @property

@@ -149,3 +149,31 @@ def test_auto_with_no_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_pynvml(monkeypatch, count=0)
     with pytest.raises(UsageError, match="no NVIDIA GPU is visible"):
         gpu_free_memory_bytes()
+
+
+def test_longest_context_of_a_hybrid_leaves_room_for_its_state() -> None:
+    """Qwen3-Next's gated DeltaNet states take the same bytes at any length: the budget for keys and
+    values is what they leave, and a budget below them fits nothing."""
+    from kvperf.families import tiny_config
+    from kvperf.kv_size import estimate_kv_cache
+
+    config = tiny_config("qwen3_next")
+    one = estimate_kv_cache(config, 2, 1)
+    state, per_token = one.state_bytes, 2 * one.bytes_per_token
+    assert state > 0 and per_token > 0
+    assert max_context_tokens(config, 2, state + 100 * per_token) == 100
+    assert max_context_tokens(config, 2, state + 100 * per_token - 1) == 99
+    assert max_context_tokens(config, 2, 100 * per_token) < 100  # without room for the state
+    assert max_context_tokens(config, 2, state - 1) == 0
+
+
+def test_report_of_a_cache_of_states_alone() -> None:
+    """Mamba's cache does not grow: any context fits once its state does."""
+    from kvperf.families import tiny_config
+
+    report = kv_size_report("mamba", tiny_config("mamba"), batch_size=1, seq_len=100, dtype=None, cache="dynamic",
+                            quantization=Quantization(), device_memory="1GiB")
+    assert report["kv_bytes"] == 0 and report["state_bytes"] == report["total_bytes"] > 0
+    assert report["layer_kinds"] == ["state", "state"] and report["num_kv_heads"] == 0
+    assert report["max_context_tokens"] is None
+    assert report["context_limited_by"] == "nothing: the cache holds constant state only"
