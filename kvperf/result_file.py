@@ -45,7 +45,12 @@ _FIX = "regenerate the file with `pytest benchmarks --benchmark-json=FILE`"
 #: Times and rates: positive and finite, as a median and as per-round samples (``<field>_samples``).
 _TIMINGS = ("e2e_s", "ttft_s", "tpot_s", "tokens_per_s", "itl_p50_s", "itl_p95_s", "itl_p99_s")
 #: Byte counts: whole numbers, -1 where a count was not measured (peak memory on some devices).
-_BYTES = ("peak_memory_bytes", "kv_cache_bytes", "kv_cache_formula_bytes")
+_BYTES = ("peak_memory_bytes", "kv_cache_bytes", "kv_cache_formula_bytes", "weights_bytes",
+          "peak_above_weights_bytes", "peak_kv_cache_bytes", "peak_activations_bytes")
+#: Byte counts that are null where kvperf cannot know them, with the reason beside them: the formula of
+#: a family it refuses (``kv_cache_formula_note``), the parts of a CUDA peak (``peak_memory_note``).
+_NULLABLE_BYTES = ("kv_cache_formula_bytes", "weights_bytes", "peak_above_weights_bytes", "peak_kv_cache_bytes",
+                   "peak_activations_bytes")
 #: Whole numbers of at least 1.
 _COUNTS = ("batch_size", "prompt_len", "new_tokens", "generated_tokens", "rounds")
 #: Finite numbers of at least 0.
@@ -133,6 +138,8 @@ def _check_value(name: str, value: Any) -> str | None:
         ok = _is_number(value) and 0 < value < math.inf
         return None if ok else "a positive, finite number"
     if name in _BYTES:
+        if value is None and name in _NULLABLE_BYTES:
+            return None
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= -1
         return None if ok else "a whole number of bytes (-1: not measured)"
     if name in _COUNTS:
