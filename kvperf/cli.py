@@ -117,8 +117,6 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_kv_size(args: argparse.Namespace) -> int:
-    from itertools import groupby
-
     from kvperf.capacity import format_bytes, kv_size_report, parse_bytes
     from kvperf.kv_size import Quantization
     from kvperf.models import load_config
@@ -140,8 +138,8 @@ def _cmd_kv_size(args: argparse.Namespace) -> int:
     report.pop("layer_bytes")
     windows = ["-" if kind in ("state", "none") else "full" if w is None else w  # "-": no keys and values
                for kind, w in zip(report["layer_kinds"], report["layer_windows"], strict=True)]
-    report["layer_kinds"] = ", ".join(f"{kind} x{len(list(run))}" for kind, run in groupby(report["layer_kinds"]))
-    report["layer_windows"] = ", ".join(f"{w} x{len(list(run))}" for w, run in groupby(windows))
+    report["layer_kinds"] = _layer_runs(report["layer_kinds"])
+    report["layer_windows"] = _layer_runs(windows)
     for key in ("num_kv_heads", "head_dim"):  # None: layers (or keys and values) differ
         if report[key] is None:
             report[key] = "varies (see layer_kinds)"
@@ -150,6 +148,18 @@ def _cmd_kv_size(args: argparse.Namespace) -> int:
         shown = format_bytes(value) if key.endswith("_bytes") and isinstance(value, int) else value
         print(f"{key:<{width}}  {shown}")
     return 0
+
+
+def _layer_runs(values: Sequence[object]) -> str:
+    """``full x2, window 4 x2`` for runs of equal layers; a pattern that repeats is written once:
+    ``(state x3, full x1) x12``."""
+    from itertools import groupby
+
+    runs = [f"{value} x{len(list(run))}" for value, run in groupby(values)]
+    for period in range(1, len(runs) // 2 + 1):
+        if len(runs) % period == 0 and runs == runs[:period] * (len(runs) // period):
+            return f"({', '.join(runs[:period])}) x{len(runs) // period}"
+    return ", ".join(runs)
 
 
 def _add_kv_size(sub: argparse._SubParsersAction[_Parser]) -> None:

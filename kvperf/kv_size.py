@@ -28,8 +28,25 @@ K and V are two tensors of ``(B, H, positions, D)`` per layer. Per layer, transf
 * **quantized, fp8 backend**: every position in ``float8_e4m3fn`` plus one float32 scale per
   tensor, no residual: ``2·(B·H·S·D + 4)``.
 
+Layers of other types (``kvperf.kv_layers`` reads them from the config, layer by layer):
+
+* **keys and values of their own widths**: ``B·positions·(Hk·Dk + Hv·Dv)·s``. Multi-head latent
+  attention (DeepSeek-V2/V3, MiniCPM3, Kimi, ...) caches, as transformers 5.24 does, the compressed
+  latent (``Dk = kv_lora_rank``) and the shared rotary key (``Dv = qk_rope_head_dim``), one head each;
+  MiMo-V2-Flash's values are narrower than its keys.
+* **indexed attention** (DeepSeek sparse attention): also the indexer's keys, ``B·positions·d_index``.
+* **linear attention, Mamba, conv layers**: a conv state and a recurrent state per sequence, the same
+  at any ``S``: ``B·(conv·s + recurrent·s_r)``, with ``s_r = 4`` where transformers' PyTorch scans keep
+  the recurrent state in float32 (Mamba, Mamba-2, gated DeltaNet, KDA).
+* **hybrid layers**: both; layers that reuse another layer's cache (KV sharing) or hold none: 0.
+
+The estimate reports ``kv_bytes`` (what grows with ``S``) and ``state_bytes`` (what does not) apart;
+``total_bytes`` is their sum and equals what ``measure_cache_bytes`` counts in a real cache.
+
 ``bytes_per_token`` is what one more position of one sequence costs in every cached layer:
-``2·L·H·D·s`` (for quanto the amortised ``2·L·H·D·(nbits/8 + 2·s/G)``, for fp8 ``2·L·H·D``).
+``2·L·H·D·s`` (for quanto the amortised ``2·L·H·D·(nbits/8 + 2·s/G)``, for fp8 ``2·L·H·D``); in
+general the sum over the layers with keys and values of ``(Hk·Dk + Hv·Dv)·s`` and their per-position
+extras.
 """
 
 from __future__ import annotations
