@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -269,7 +270,7 @@ def _cmd_ab(args: argparse.Namespace) -> int:
         side.check()
     cpus = default_cpus() if args.cpus is None else parse_cpus(args.cpus)
     out = prepare_out(args.out, overwrite=args.overwrite)
-    print(f"kvperf ab: running `pytest {' '.join(pytest_args)}` for both sides, taking turns; "
+    print(f"kvperf ab: running `pytest {shlex.join(pytest_args)}` for both sides, taking turns; "
           f"logs in {out}/baseline.log and {out}/current.log", file=sys.stderr, flush=True)
     start = time.monotonic()
     run = run_ab(sides[0], sides[1], out, pytest_args, overwrite=args.overwrite, cpus=cpus,
