@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -198,6 +199,10 @@ def _print_comparison(comparison: Comparison, args: argparse.Namespace) -> int:
         print(json.dumps(comparison.to_json(), indent=2))
     elif args.format == "markdown":
         print(render_markdown(comparison), end="")
+    elif args.format == "markdown-summary":
+        from kvperf.markdown_summary import render_markdown_summary
+
+        print(render_markdown_summary(comparison), end="")
     else:
         print(render_table(comparison, everything=args.all))
     return comparison.exit_code
@@ -241,7 +246,9 @@ def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
     defaults = ", ".join(f"{m.name} {m.default_threshold_pct:g}" for m in METRICS)
     p.add_argument("--threshold", action="append", default=[], metavar="METRIC=PCT",
                    help=f"regression threshold of one metric in percent (repeatable); defaults: {defaults}")
-    p.add_argument("--format", choices=("table", "json", "markdown"), default="table", help="output format")
+    p.add_argument("--format", choices=("table", "json", "markdown", "markdown-summary"), default="table",
+                   help="output format; markdown-summary fits a GitHub comment (65,536 characters): regressions "
+                        "first, the other changes folded")
     p.add_argument("--all", action="store_true", help="table: list unchanged verdicts too")
     p.add_argument("--timings", choices=("gate", "report", "auto", "skip"), default="report",
                    help="report (default): gate on the deterministic metrics (FLOPs, KV bytes, CPU peak memory) and "
@@ -282,7 +289,7 @@ def _cmd_ab(args: argparse.Namespace) -> int:
         side.check()
     cpus = default_cpus() if args.cpus is None else parse_cpus(args.cpus)
     out = prepare_out(args.out, overwrite=args.overwrite)
-    print(f"kvperf ab: running `pytest {' '.join(pytest_args)}` for both sides, taking turns; "
+    print(f"kvperf ab: running `pytest {shlex.join(pytest_args)}` for both sides, taking turns; "
           f"logs in {out}/baseline.log and {out}/current.log", file=sys.stderr, flush=True)
     start = time.monotonic()
     run = run_ab(sides[0], sides[1], out, pytest_args, overwrite=args.overwrite, cpus=cpus,
@@ -355,7 +362,9 @@ def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
     _add_partial(p)
     p.add_argument("--threshold", action="append", default=[], metavar="METRIC=PCT",
                    help="regression threshold of one metric in percent (repeatable), as for compare")
-    p.add_argument("--format", choices=("table", "json", "markdown"), default="table", help="output format")
+    p.add_argument("--format", choices=("table", "json", "markdown", "markdown-summary"), default="table",
+                   help="output format; markdown-summary fits a GitHub comment (65,536 characters): regressions "
+                        "first, the other changes folded")
     p.add_argument("--all", action="store_true", help="table: list unchanged verdicts too")
     p.add_argument("--max-cpu-wait", type=float, default=MAX_CPU_WAIT, metavar="SHARE",
                    help=f"leave out rounds that waited for a core longer than this share (default {MAX_CPU_WAIT})")
@@ -377,6 +386,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from kvperf.export import export_cases
+    from kvperf.report import load_cases
+
+    print(json.dumps(export_cases(load_cases(args.results), args.format), indent=2))
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction[_Parser]) -> None:
+    from kvperf.export import EXPORT_FORMATS
+
+    p = sub.add_parser("export", help="kvperf's metrics for github-action-benchmark or Bencher, on stdout",
+                       description="Write TTFT, TPOT, e2e, tokens/s, FLOPs per token, KV bytes and peak memory of "
+                                   "every case as github-action-benchmark's customSmallerIsBetter (github-smaller) or "
+                                   "customBiggerIsBetter (github-bigger) JSON, or Bencher Metric Format (bencher).")
+    p.add_argument("results", nargs="+", help="files written by pytest benchmarks --benchmark-json=FILE")
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="the tracker's format")
+    p.set_defaults(handler=_cmd_export)
+
+
 def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("report", help="tables (and plots) of the experiments in benchmark JSON files")
     p.add_argument("results", nargs="+", help="files written by pytest benchmarks --benchmark-json=FILE")
@@ -394,6 +423,7 @@ def build_parser() -> _Parser:
     _add_run(sub)
     _add_kv_size(sub)
     _add_report(sub)
+    _add_export(sub)
     _add_compare(sub)
     _add_ab(sub)
     return parser

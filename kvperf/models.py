@@ -224,10 +224,18 @@ def _not_available(name: str, exc: BaseException) -> ModelNotAvailableError:
     if Path(name).exists():
         return ModelNotAvailableError(f"cannot load model from {name!r} ({_one_line(exc)}): "
                                       "point to a directory written by save_pretrained")
+    if _looks_like_a_path(name):  # `hf download` would not help: a hub id is `org/name`
+        return ModelNotAvailableError(f"model {name!r}: no such file or directory: check the path, or give a "
+                                      f"preset ({_preset_list()}) or a hub id")
     return ModelNotAvailableError(
         f"model {name!r} is not a preset ({_preset_list()}), a local directory, or a hub id in the "
         f"local cache: use a preset, or download it first with `hf download {name}`"
     )
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """``./model``, ``/models/x``, ``~/x``, ``a/b/c`` or ``config.json``: a local path, never a hub id."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.endswith(".json")
 
 
 def _one_line(exc: BaseException) -> str:
