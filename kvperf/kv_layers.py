@@ -441,7 +441,5 @@ def _read(config: PretrainedConfig) -> KvShape:
             conv_itemsize=conv_size, recurrent_itemsize=recurrent_size, **attention))
     if created is not None and created > len(shapes):
         shapes += [LayerShape("empty")] * (created - len(shapes))
-    if model_type == "longcat_flash":  # two attention sublayers per decoder layer (layer_idx * 2 + i)
-        shapes = [shape for shape in shapes for _ in range(2)]
     extra = _int_attr(text, "prompt_length") if model_type == "cpmant" else 0
     return KvShape(model_type, tuple(shapes), extra_positions=extra or 0)
