@@ -220,8 +220,7 @@ def _reason(note: str) -> str:
     """A refusal's reason without the family's name, so that families with one reason share a row."""
     if " caches nothing: " in note:
         return "caches nothing: " + note.split(" caches nothing: ", 1)[1]
-    text = note.split("': ", 1)[1] if "': " in note else note
-    return text.removeprefix("it ")
+    return note.split("': ", 1)[1] if "': " in note else note
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -264,8 +263,11 @@ def render(rows: list[dict[str, Any]]) -> str:
             note = str(row.get("formula_note", ""))[:160].replace("|", "/")
             equal = "; ".join(f"{cache}: differs at {where}"
                               for cache, where in row.get("first_difference", {}).items())
+            if not equal and row.get("cached_equals_uncached"):
+                equal = ", ".join(f"{cache}: {'yes' if same else 'no'}"
+                                  for cache, same in row["cached_equals_uncached"].items())
             lines.append(f"| {row['model_type']} | {row['formula']} | {note} | {shown.replace('|', '/')} | "
-                         f"{equal or ('yes' if row.get('cached_equals_uncached') else '')} |")
+                         f"{equal} |")
     return "\n".join(lines)
 
 

@@ -58,7 +58,7 @@ REFUSED = {
     "xlstm": "xLSTMForCausalLM is recurrent (xLSTM): it has no keys and values, only recurrent states in an "
              "xLSTMCache",
     "openai-gpt": "caches nothing: OpenAIGPTLMHeadModel.forward takes no cache",
-    "recurrent_gemma": "keeps the recurrent states of its recurrent blocks in the model's own modules",
+    "recurrent_gemma": "its recurrent blocks keep their states in the model's own modules, outside the Cache",
     "xlnet": "XLNetLMHeadModel caches a memory of past hidden states (mems), not keys and values",
 }
 
