@@ -1,8 +1,10 @@
 """Every causal-LM family of the installed transformers through kvperf: formula, harness, cache correctness.
 
-Not a pytest file: run it by hand (about an hour on 2 CPU cores; ``--jobs 2`` halves it):
+Not a pytest file: run it by hand (13 minutes on 2 CPU cores with ``--jobs 2``):
 
-    python benchmarks/families_study.py --out families.jsonl > families.md
+    python benchmarks/families_study.py --jobs 2 --out families.jsonl > families.md
+
+``--render families.jsonl`` prints the tables of an earlier run again.
 
 For every model type of ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` it builds ``kvperf.families.tiny_model``
 (2 to 4 layers, hidden 64, windows of 4, kvperf's seeded init) in a child process with a timeout, and
