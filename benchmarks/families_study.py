@@ -1,8 +1,10 @@
 """Every causal-LM family of the installed transformers through kvperf: formula, harness, cache correctness.
 
-Not a pytest file: run it by hand (about an hour on 2 CPU cores; ``--jobs 2`` halves it):
+Not a pytest file: run it by hand (13 minutes on 2 CPU cores with ``--jobs 2``):
 
-    python benchmarks/families_study.py --out families.jsonl > families.md
+    python benchmarks/families_study.py --jobs 2 --out families.jsonl > families.md
+
+``--render families.jsonl`` prints the tables of an earlier run again.
 
 For every model type of ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` it builds ``kvperf.families.tiny_model``
 (2 to 4 layers, hidden 64, windows of 4, kvperf's seeded init) in a child process with a timeout, and
@@ -78,7 +80,22 @@ def _generate(model: Any, cache: str, ids: Any, mask: Any) -> Any:
     if hasattr(model, "_previous_max_cache_length"):
         del model._previous_max_cache_length
     with torch.no_grad():
-        return model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs(model, spec))
+        return model.generate(input_ids=ids, attention_mask=mask, output_scores=True, **generate_kwargs(model, spec))
+
+
+def _first_difference(cached: Any, uncached: Any) -> str:
+    """Where a cached run first picks another token: the step, the uncached top-2 margin there and the
+    largest score difference, relative to the largest score. A margin far below the difference is a
+    near tie that rounding decides; a difference as large as the scores is a cache that changes them."""
+    prompt = cached.sequences.shape[1] - len(cached.scores)
+    differs = (cached.sequences[:, prompt:] != uncached.sequences[:, prompt:]).any(dim=0).nonzero()
+    step = int(differs[0])
+    c, u = cached.scores[step].float(), uncached.scores[step].float()
+    top2 = u.topk(2, dim=-1).values
+    scale = float(u[u.isfinite()].abs().max())
+    margin = float((top2[:, 0] - top2[:, 1]).min())
+    gap = float((c - u)[u.isfinite()].abs().max())
+    return f"step {step}: top-2 margin {margin / scale:.1e}, score difference {gap / scale:.1e} (of the largest score)"
 
 
 def study_family(model_type: str) -> dict[str, Any]:
@@ -143,9 +160,11 @@ def study_family(model_type: str) -> dict[str, Any]:
             row.update(formula="crash", formula_note=_short(exc), formula_where=_where(exc))
     # Cached = uncached greedy tokens.
     if ("float32", "off") in outputs:
-        off = outputs["float32", "off"].sequences
-        row["cached_equals_uncached"] = {cache: bool(torch.equal(outputs["float32", cache].sequences, off))
+        off = outputs["float32", "off"]
+        row["cached_equals_uncached"] = {cache: bool(torch.equal(outputs["float32", cache].sequences, off.sequences))
                                          for cache in ("on", "static") if ("float32", cache) in outputs}
+        row["first_difference"] = {cache: _first_difference(outputs["float32", cache], off)
+                                   for cache, equal in row["cached_equals_uncached"].items() if not equal}
     # The harness and the plugin's benchmark path, each cache mode.
     harness: dict[str, str] = {}
     for cache in ("on", "off", "static"):
@@ -201,11 +220,9 @@ def _harness_ok(row: dict[str, Any]) -> bool:
 
 def _reason(note: str) -> str:
     """A refusal's reason without the family's name, so that families with one reason share a row."""
-    text = note.split(": ", 1)[1] if note.startswith(("kvperf cannot size", "the config")) else note
-    for start in (" caches nothing: ", "'s "):
-        if start in text:
-            text = text.split(start, 1)[1] if start == " caches nothing: " else text
-    return text.split(" (")[0] if text.startswith("kvperf does not know") else text
+    if " caches nothing: " in note:
+        return "caches nothing: " + note.split(" caches nothing: ", 1)[1]
+    return note.split("': ", 1)[1] if "': " in note else note
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -246,8 +263,13 @@ def render(rows: list[dict[str, Any]]) -> str:
             harness = row.get("harness", {})
             shown = ", ".join(f"{k}: {v[:80]}" for k, v in harness.items() if v != "ok") or ("ok" if harness else "")
             note = str(row.get("formula_note", ""))[:160].replace("|", "/")
+            equal = "; ".join(f"{cache}: differs at {where}"
+                              for cache, where in row.get("first_difference", {}).items())
+            if not equal and row.get("cached_equals_uncached"):
+                equal = ", ".join(f"{cache}: {'yes' if same else 'no'}"
+                                  for cache, same in row["cached_equals_uncached"].items())
             lines.append(f"| {row['model_type']} | {row['formula']} | {note} | {shown.replace('|', '/')} | "
-                         f"{row.get('cached_equals_uncached', '')} |")
+                         f"{equal} |")
     return "\n".join(lines)
 
 

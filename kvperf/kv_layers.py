@@ -188,16 +188,16 @@ def _model_class(config: PretrainedConfig) -> type | None:
 #: Families whose cache kvperf refuses to size, and the reason. Each is checked against transformers'
 #: own code (the file named); ``benchmarks/families_study.py`` confirms that the rest are sized exactly.
 _REFUSED: dict[str, str] = {
-    "recurrent_gemma": "keeps the recurrent states of its recurrent blocks in the model's own modules, outside "
-                       "the Cache (modeling_recurrent_gemma.py), so the cache's bytes are not its memory",
-    "hrm_text": "re-runs its layer stacks H_cycles x L_cycles times, each pass caching under a layer index of "
-                "its own (modeling_hrm_text.py, cycle_offset)",
-    "dory": "re-runs its recurrent layers n_recurrent_loops times, each loop caching under a layer index of its "
-            "own (modeling_dory.py, cache_offset)",
-    "xlm": "generate feeds the whole sequence plus a mask token at every step (XLMWithLMHeadModel."
+    "recurrent_gemma": "its recurrent blocks keep their states in the model's own modules, outside the Cache "
+                       "(modeling_recurrent_gemma.py), so the cache's bytes are not its memory",
+    "hrm_text": "its layer stacks re-run H_cycles x L_cycles times, each pass caching under a layer index of its "
+                "own (modeling_hrm_text.py, cycle_offset)",
+    "dory": "its recurrent layers re-run n_recurrent_loops times, each loop caching under a layer index of its own "
+            "(modeling_dory.py, cache_offset)",
+    "xlm": "its generate feeds the whole sequence plus a mask token at every step (XLMWithLMHeadModel."
            "prepare_inputs_for_generation), so its cache does not hold one entry per position",
-    "deepseek_v4": "caches, in its compressed attention layers, compressor buffers and compressed keys whose "
-                   "lengths follow the compression schedule, not one entry per position (DeepseekV4HCACache)",
+    "deepseek_v4": "its compressed attention layers cache compressor buffers and compressed keys whose lengths "
+                   "follow the compression schedule, not one entry per position (DeepseekV4HCACache)",
 }
 _OWN_CACHE = {
     "xlstm": "is recurrent (xLSTM): it has no keys and values, only recurrent states in an xLSTMCache",
@@ -210,7 +210,7 @@ _OWN_CACHE = {
 
 def _refuse_special(config: PretrainedConfig, text: PretrainedConfig, model_type: str, where: str) -> None:
     if model_type in _REFUSED:
-        raise UsageError(f"kvperf cannot size the cache of the {where}: it {_REFUSED[model_type]}")
+        raise UsageError(f"kvperf cannot size the cache of the {where}: {_REFUSED[model_type]}")
     cls = _model_class(config) or _model_class(text)
     if cls is None:
         if getattr(config, "is_encoder_decoder", False):
@@ -441,7 +441,5 @@ def _read(config: PretrainedConfig) -> KvShape:
             conv_itemsize=conv_size, recurrent_itemsize=recurrent_size, **attention))
     if created is not None and created > len(shapes):
         shapes += [LayerShape("empty")] * (created - len(shapes))
-    if model_type == "longcat_flash":  # two attention sublayers per decoder layer (layer_idx * 2 + i)
-        shapes = [shape for shape in shapes for _ in range(2)]
     extra = _int_attr(text, "prompt_length") if model_type == "cpmant" else 0
     return KvShape(model_type, tuple(shapes), extra_positions=extra or 0)

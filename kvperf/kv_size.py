@@ -161,14 +161,16 @@ def _quanto_tensor_bytes(width: int, batch_size: int, positions: int, q: Quantiz
 def quantizable_kv_width(shape: KvShape) -> int:
     """``kv_heads x head_dim`` of a cache that transformers' ``QuantizedCache`` can hold: full attention
     with the same heads and dims for keys and values in every layer, nothing else."""
-    width = {(layer.key_heads * layer.key_dim, layer.value_heads * layer.value_dim, layer.layer_type)
-             for layer in shape.layers}
-    if len(width) != 1 or shape.extra_positions or any(
-            layer.window is not None or layer.has_state or layer.extra_per_position for layer in shape.layers):
+    if shape.extra_positions or any(layer.window is not None or layer.has_state or layer.extra_per_position
+                                    or not layer.has_kv for layer in shape.layers):
         raise UsageError("transformers' QuantizedCache holds full-attention layers only, and this "
                          f"{shape.model_type} config has sliding, indexed, state or empty ones: size its dynamic "
                          "or static cache instead")
-    keys, values, _ = next(iter(width))
+    width = {(layer.key_heads * layer.key_dim, layer.value_heads * layer.value_dim) for layer in shape.layers}
+    if len(width) != 1:
+        raise UsageError(f"the layers of this {shape.model_type} config cache keys and values of different widths, "
+                         "which kvperf's quantized formula does not cover: size its dynamic or static cache instead")
+    keys, values = next(iter(width))
     if keys != values:
         raise UsageError(f"the keys and values of this {shape.model_type} config differ in width ({keys} and "
                          f"{values} per position), which kvperf's quantized formula does not cover: size its "

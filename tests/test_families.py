@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, WhisperConfig
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, WhisperConfig
 
 from kvperf.bench import benchmark_generation
 from kvperf.errors import UsageError
@@ -58,7 +58,7 @@ REFUSED = {
     "xlstm": "xLSTMForCausalLM is recurrent (xLSTM): it has no keys and values, only recurrent states in an "
              "xLSTMCache",
     "openai-gpt": "caches nothing: OpenAIGPTLMHeadModel.forward takes no cache",
-    "recurrent_gemma": "keeps the recurrent states of its recurrent blocks in the model's own modules",
+    "recurrent_gemma": "its recurrent blocks keep their states in the model's own modules, outside the Cache",
     "xlnet": "XLNetLMHeadModel caches a memory of past hidden states (mems), not keys and values",
 }
 
@@ -112,12 +112,14 @@ def test_every_family_is_sized_or_refused_by_kvperf() -> None:
     """Reading a config never raises anything but kvperf's own error (dots3_note used to raise
     transformers' AmbiguousGlobalPerLayerAttributeError, mimo_v2_flash and xlstm a wrong reason)."""
     for model_type in causal_lm_types():
-        try:
-            config = tiny_config(model_type)
-        except Exception:  # a tiny config transformers cannot build: the study reports those
-            continue
-        with contextlib.suppress(UsageError):
-            KvShape.from_config(config)
+        configs = []
+        with contextlib.suppress(Exception):  # a config transformers cannot build: the study reports those
+            configs.append(tiny_config(model_type))
+        with contextlib.suppress(Exception):  # the family's default, full size (dots3_note's tiny one fails)
+            configs.append(AutoConfig.for_model(model_type))
+        for config in configs:
+            with contextlib.suppress(UsageError):
+                KvShape.from_config(config)
 
 
 def test_latent_attention_shapes() -> None:

@@ -418,3 +418,14 @@ def test_quantized_cache_refuses_sliding_layers() -> None:
         estimate_kv_cache(MistralConfig(), 1, 10, cache="quantized")
     with pytest.raises(UsageError, match="nbits must be 2 or 4"):
         Quantization(nbits=3)
+
+
+def test_quantized_cache_refuses_layers_of_other_widths() -> None:
+    """Latent attention (a latent and a rotary key of other widths) and layers of different widths are
+    outside the quantized formula: refused, not sized as if uniform."""
+    mixed = KvShape("x", (KvShape.uniform("x", 1, 2, 8).layers[0], KvShape.uniform("x", 1, 2, 16).layers[0]))
+    with pytest.raises(UsageError, match="cache keys and values of different widths"):
+        estimate_kv_cache(mixed, 1, 10, cache="quantized")
+    latent = KvShape("x", (replace(KvShape.uniform("x", 1, 1, 32).layers[0], value_dim=8),))
+    with pytest.raises(UsageError, match="the keys and values of this x config differ in width"):
+        estimate_kv_cache(latent, 1, 10, cache="quantized")
