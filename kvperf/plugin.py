@@ -31,7 +31,7 @@ import pytest
 from kvperf.ab import ENV_VAR as AB_ENV_VAR
 from kvperf.ab import Turns
 from kvperf.errors import KvperfError, OutOfMemoryError
-from kvperf.progress import PROGRESS_MODES, SessionProgress, format_duration, rounds_within
+from kvperf.progress import PROGRESS_MODES, SessionProgress, format_duration, plan_line, positions, rounds_within
 from kvperf.spec import GenerationSpec, canonical_dtype
 from kvperf.tiers import (
     DEFAULT_DTYPES,
@@ -231,6 +231,8 @@ def _check_ab_pipes(raw: str) -> None:
 CONFIG_KEY = pytest.StashKey["KvperfConfig"]()
 _TURNS_KEY = pytest.StashKey[Turns]()
 _PROGRESS_KEY = pytest.StashKey[SessionProgress]()
+#: Token positions of the planned cases' calls (``pytest_collection_finish``).
+_PLANNED_KEY = pytest.StashKey[int]()
 #: Cases whose rounds the budget lowered: name -> (rounds run, rounds of the tier, one call's seconds).
 BUDGETED_KEY = pytest.StashKey["dict[str, tuple[int, int, float]]"]()
 _MODELS_KEY = pytest.StashKey["dict[tuple[str, str, str], PreTrainedModel]"]()
@@ -322,12 +324,47 @@ def _writer(config: pytest.Config) -> Callable[[str], None]:
     return write
 
 
+def _calls_per_case(cfg: KvperfConfig) -> int:
+    """Warm-ups, rounds, and the untimed peak-memory and FLOP-count calls."""
+    return cfg.tier.warmup_rounds + cfg.tier.rounds + 2
+
+
+def _planned(items: list[pytest.Item]) -> list[tuple[str, int]] | None:
+    """Name and positions per call of every kvperf case, when all are known before the run (a
+    ``kvperf_bench`` test with a spec of its own is known only when it runs)."""
+    planned = []
+    for item in items:
+        if "kvperf_bench" not in getattr(item, "fixturenames", ()):
+            continue
+        case = getattr(getattr(item, "callspec", None), "params", {}).get("kvperf_case")
+        if not isinstance(case, Case):
+            return None
+        spec = case.spec
+        planned.append((item.name, positions(spec.batch_size, spec.prompt_len, spec.new_tokens, spec.cache)))
+    return planned or None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Size the run before it starts (``kvperf.progress.plan_line``)."""
+    config = session.config
+    planned = _planned(session.items)
+    if planned is None or config.getoption("kvperf_progress") == "none":
+        return
+    calls = _calls_per_case(kvperf_config_of(config))
+    config.stash[_PLANNED_KEY] = sum(p for _, p in planned) * calls
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(plan_line(planned, calls))
+
+
 def _session_progress(request: pytest.FixtureRequest) -> SessionProgress:
     config = request.config
     if _PROGRESS_KEY not in config.stash:
         total = sum("kvperf_bench" in getattr(item, "fixturenames", ()) for item in request.session.items)
         config.stash[_PROGRESS_KEY] = SessionProgress(total_cases=max(total, 1), write=_writer(config),
-                                                      mode=config.getoption("kvperf_progress"))
+                                                      mode=config.getoption("kvperf_progress"),
+                                                      total_positions=config.stash.get(_PLANNED_KEY, None))
     return config.stash[_PROGRESS_KEY]
 
 
@@ -369,13 +406,20 @@ def kvperf_bench(
                 model = kvperf_model(case.dtype)
                 _check_fits(model, case.spec, kvperf_config.model)
                 rounds, warmup, call_s, note = _within_budget(pytestconfig, model, case.spec, rounds, warmup)
+                session = progress.session
+                if session.total_positions is not None and rounds < kvperf_config.tier.rounds:
+                    spec = case.spec  # rounds the budget took away are no longer ahead
+                    session.total_positions -= (kvperf_config.tier.rounds - rounds) * positions(
+                        spec.batch_size, spec.prompt_len, spec.new_tokens, spec.cache)
                 progress.plan(rounds, warmup, call_s, note)
                 results = benchmark_generation(benchmark, model, case.spec, rounds=rounds, warmup_rounds=warmup,
                                                before_round=before_round)
         except OutOfMemoryError as exc:
             _forget(pytestconfig, benchmark)
             pytest.skip(str(exc))
-        progress.done()
+        spec = case.spec
+        progress.done(positions(spec.batch_size, spec.prompt_len, spec.new_tokens, spec.cache)
+                      * (warmup + rounds + 2 + (call_s is not None)))
         if rounds < kvperf_config.tier.rounds and call_s is not None:
             pytestconfig.stash.setdefault(BUDGETED_KEY, {})[request.node.name] = (
                 rounds, kvperf_config.tier.rounds, call_s)

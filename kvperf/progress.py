@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["CaseProgress", "ProgressMode", "SessionProgress", "format_duration", "rounds_within"]
+__all__ = ["CaseProgress", "ProgressMode", "SessionProgress", "format_duration", "plan_line", "positions",
+           "rounds_within"]
 
 #: ``all``: a line per case and per round; ``auto``: only for cases whose calls take at least
 #: ``SLOW_CALL_S``; ``none``: nothing.
@@ -36,6 +37,25 @@ def format_duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def positions(batch_size: int, prompt_len: int, new_tokens: int, cache: str) -> int:
+    """Token positions one ``generate`` call runs through the model: with a cache, the prompt once and
+    then one position per step; without, the whole prefix at every step. The work of a call is
+    nearly proportional to it (attention adds a term in the context length), so it sizes a run before
+    it starts, and its rate (positions per second so far) gives the ETA."""
+    if cache == "off":
+        return batch_size * (new_tokens * prompt_len + new_tokens * (new_tokens - 1) // 2)
+    return batch_size * (prompt_len + new_tokens - 1)
+
+
+def plan_line(cases: list[tuple[str, int]], calls_per_case: int) -> str:
+    """What a run will do, before it starts: cases, calls and positions, and the largest case's share."""
+    total = sum(p for _, p in cases) * calls_per_case
+    name, largest = max(cases, key=lambda c: c[1])
+    return (f"kvperf: {len(cases)} case(s), {len(cases) * calls_per_case} generate calls, {total / 1e6:.3g} M token "
+            f"positions through the model; the largest case, {name}, is {largest * calls_per_case / total:.0%} of "
+            "them; the ETA follows from the rate of the first cases")
 
 
 def rounds_within(budget_s: float, call_s: float, rounds: int, warmup_left: int) -> int:
@@ -57,14 +77,21 @@ class SessionProgress:
     mode: ProgressMode = "auto"
     case_times_s: list[float] = field(default_factory=list)
     started_s: float = field(default_factory=time.perf_counter)
+    #: Token positions of the whole run (``positions`` of every planned case), when known before it.
+    total_positions: int | None = None
+    done_positions: int = 0
 
     def eta(self) -> str:
         done = len(self.case_times_s)
         left = self.total_cases - done
         if not done or left <= 0:
             return ""
-        mean = sum(self.case_times_s) / done
-        return f"; about {format_duration(mean * left)} left for {left} case(s) (mean of the {done} so far)"
+        spent = sum(self.case_times_s)
+        if self.total_positions and self.done_positions:
+            rate = self.done_positions / spent
+            return (f"; about {format_duration((self.total_positions - self.done_positions) / rate)} left for {left} "
+                    f"case(s) (at the {rate:,.0f} positions/s of the {done} so far)")
+        return f"; about {format_duration(spent / done * left)} left for {left} case(s) (mean of the {done} so far)"
 
     def case(self, name: str) -> CaseProgress:
         return CaseProgress(self, name, len(self.case_times_s) + 1)
@@ -122,8 +149,10 @@ class CaseProgress:
         self._say(f"round {done}/{self.rounds} took {format_duration(seconds)}; about {format_duration(mean * left)} "
                   "left in this case")
 
-    def done(self) -> None:
-        """The case ended (its last round, then the untimed peak-memory and FLOP-count calls)."""
+    def done(self, positions: int = 0) -> None:
+        """The case ended (its last round, then the untimed peak-memory and FLOP-count calls); it ran
+        ``positions`` token positions in all."""
         elapsed = time.perf_counter() - self.started_s
         self.session.case_times_s.append(elapsed)
+        self.session.done_positions += positions
         self._say(f"done in {format_duration(elapsed)}{self.session.eta()}")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kvperf.progress import SessionProgress, format_duration, rounds_within
+from kvperf.progress import SessionProgress, format_duration, positions, rounds_within
 from tests.test_plugin_baseline import BENCH_FILE, TINY
 
 
@@ -87,3 +87,34 @@ def test_the_cpu_tier_runs_the_full_tier_s_sizes_on_a_model_that_fits_them():
     limit = max_positions(load_config(cpu.model))
     assert limit is not None and cpu.max_total_len() <= limit
     assert cpu.cpu_threads == 1 and cpu.model == "tiny-llama-gqa"
+
+
+def test_the_run_is_sized_before_it_starts_and_the_eta_follows_the_rate_of_positions(pytester: pytest.Pytester):
+    pytester.makepyfile(test_first="""
+import pytest
+
+@pytest.mark.kvperf_experiment("length")
+def test_length(kvperf_case, kvperf_bench):
+    kvperf_bench(kvperf_case)
+""")
+    result = pytester.runpytest(*TINY, "--kvperf-progress=all")
+    result.assert_outcomes(passed=10)
+    # quick tier's length cases, float32: prompt 8, new 8..128, cache on and off; 0 warm-up + 2 rounds + 2 calls
+    planned = sum(positions(1, 8, n, c) for n in (8, 16, 32, 64, 128) for c in ("on", "off")) * 4
+    share = positions(1, 8, 128, "off") * 4 / planned
+    result.stdout.fnmatch_lines([
+        f"kvperf: 10 case(s), 40 generate calls, {planned / 1e6:.3g} M token positions through the model; the largest "
+        f"case, test_length[[]cache=off-bs=1-prompt=8-new=128-fp32], is {share:.0%} of them; the ETA follows from the "
+        "rate of the first cases",
+        "kvperf [[]1/10] test_length[[]cache=on-*]: done in *; about * left for 9 case(s) (at the * positions/s of "
+        "the 1 so far)"])
+
+
+def test_positions_through_the_model():
+    assert positions(2, 10, 4, "on") == 2 * (10 + 3)  # the prompt once, then one position a step
+    assert positions(2, 10, 4, "static") == 26
+    assert positions(2, 10, 4, "off") == 2 * (10 + 11 + 12 + 13)  # the whole prefix at every step
+    lines: list[str] = []
+    session = SessionProgress(total_cases=3, write=lines.append, case_times_s=[2.0], total_positions=3000,
+                              done_positions=1000)
+    assert session.eta() == "; about 4.0 s left for 2 case(s) (at the 500 positions/s of the 1 so far)"
