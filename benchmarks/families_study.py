@@ -6,7 +6,7 @@ Not a pytest file: run it by hand (13 minutes on 2 CPU cores with ``--jobs 2``):
 
 ``--render families.jsonl`` prints the tables of an earlier run again.
 
-For every model type of ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` it builds ``kvperf.families.tiny_model``
+For every model type of ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` it builds ``kvperf.kv.families.tiny_model``
 (2 to 4 layers, hidden 64, windows of 4, kvperf's seeded init) in a child process with a timeout, and
 records:
 
@@ -73,7 +73,7 @@ def _short(exc: BaseException) -> str:
 def _generate(model: Any, cache: str, ids: Any, mask: Any) -> Any:
     import torch
 
-    from kvperf.harness import generate_kwargs
+    from kvperf.measure.harness import generate_kwargs
     from kvperf.spec import GenerationSpec
 
     spec = GenerationSpec(cache=cache, batch_size=len(LEFT_PAD), prompt_len=PROMPT_LEN, new_tokens=NEW_TOKENS)
@@ -103,11 +103,11 @@ def study_family(model_type: str) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from kvperf.bench import benchmark_generation
     from kvperf.errors import UsageError
-    from kvperf.families import tiny_config, tiny_model
-    from kvperf.kv_size import estimate_kv_cache, measure_layer_bytes, returned_cache
-    from kvperf.prompts import make_prompts
+    from kvperf.kv.families import tiny_config, tiny_model
+    from kvperf.kv.kv_size import estimate_kv_cache, measure_layer_bytes, returned_cache
+    from kvperf.measure.bench import benchmark_generation
+    from kvperf.measure.prompts import make_prompts
     from kvperf.spec import GenerationSpec
 
     row: dict[str, Any] = {"model_type": model_type}
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    from kvperf.families import causal_lm_types
+    from kvperf.kv.families import causal_lm_types
 
     types = args.types or list(causal_lm_types())
     rows = []

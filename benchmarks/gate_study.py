@@ -12,7 +12,7 @@ figures for. It takes 30-60 minutes on a 2-core CPU runner.
   overhead benchmark is not a kvperf case): one A/A pair;
 * one run of ``--slow-k`` cases (``test_matrix`` by default) per ``--slowdowns`` level, with every
   decode step slowed by that fraction (``KVPERF_TEST_DECODE_SLOWDOWN``, a test-only hook of
-  ``kvperf.harness``);
+  ``kvperf.measure.harness``);
 * one run of the same cases with the cache forced off under its ``cache=on`` label
   (``KVPERF_TEST_FORCE_CACHE_OFF``).
 
@@ -129,8 +129,8 @@ _KINDS: dict[str, set[str]] = {
 
 
 def _kvperf(baseline: Path, current: Path) -> Any:
-    from kvperf.baseline import load_baseline
-    from kvperf.compare import compare
+    from kvperf.gate.baseline import load_baseline
+    from kvperf.gate.compare import compare
 
     return compare(load_baseline(baseline), load_baseline(current), thresholds=THRESHOLDS)
 
@@ -138,8 +138,8 @@ def _kvperf(baseline: Path, current: Path) -> Any:
 def _aa_floor(out: Path, pairs: list[str]) -> list[str]:
     """Per timing metric, the largest lower bound of the 95% interval of the slowdown seen in A/A: the
     smallest threshold at which these A/A pairs would have had no regressed verdict."""
-    from kvperf.baseline import load_baseline
-    from kvperf.compare import METRICS, compare
+    from kvperf.gate.baseline import load_baseline
+    from kvperf.gate.compare import METRICS, compare
 
     timing = [m for m in METRICS if m.timing]
     zero = {m.name: 0.0 for m in timing}  # opt-in metrics included: each has a threshold here
@@ -166,7 +166,7 @@ def _baseline_of(run: Path) -> Path:
 
 
 def analyze(args: argparse.Namespace) -> None:
-    from kvperf.compare import parse_thresholds
+    from kvperf.gate.compare import parse_thresholds
 
     THRESHOLDS.update(parse_thresholds(args.threshold))
     out = Path(args.out)

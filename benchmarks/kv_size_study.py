@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from kvperf.kv_size import Quantization, estimate_kv_cache, measure_layer_bytes, returned_cache
+from kvperf.kv.kv_size import Quantization, estimate_kv_cache, measure_layer_bytes, returned_cache
+from kvperf.measure.prompts import make_prompts
 from kvperf.models import load_model
-from kvperf.prompts import make_prompts
 from kvperf.spec import GenerationSpec
 
 SIZES = {"distilgpt2": (128, 512), "tiny-llama-gqa": (128, 512), "tiny-gpt2": (128, 256)}

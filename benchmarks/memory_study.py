@@ -4,7 +4,7 @@ Not a pytest file: the study behind the README's peak-memory table (``tests/test
 the same check at small sizes). For each preset and cache mode it runs one warm-up ``generate``, then
 the same call under ``torch.profiler`` with memory profiling (the allocator's record of every
 allocation and free: the largest live total above the start, plus the weights), then kvperf's
-measure (``kvperf.harness.measure_peak_memory``), and prints both, their ratio and difference, and
+measure (``kvperf.measure.harness.measure_peak_memory``), and prints both, their ratio and difference, and
 kvperf's parts of the peak.
 
     python benchmarks/memory_study.py [--batch 1] [--prompt 128] [--new 64] [--dtype float32]
@@ -16,10 +16,10 @@ import argparse
 
 import torch
 
-from kvperf.harness import _generate, measure_peak_memory
-from kvperf.memory import allocator_peak_bytes
+from kvperf.measure.harness import _generate, measure_peak_memory
+from kvperf.measure.memory import allocator_peak_bytes
+from kvperf.measure.prompts import make_prompts
 from kvperf.models import PRESETS, load_model
-from kvperf.prompts import make_prompts
 from kvperf.spec import CACHE_MODES, GenerationSpec
 
 

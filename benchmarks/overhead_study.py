@@ -7,7 +7,7 @@ iteration (ABCD DCBA ...) so that drift hits them alike:
 
 * ``manual``: a hand-written decode loop that carries the cache (``model(...)``, argmax, append);
 * ``bare``: a user's own ``model.generate(max_new_tokens=N, do_sample=False)``;
-* ``harness``: ``kvperf.harness.time_generation``, the call kvperf times (token clock, EOS stopping
+* ``harness``: ``kvperf.measure.harness.time_generation``, the call kvperf times (token clock, EOS stopping
   off, the token-count check, KV bytes);
 * ``min_new``: the same call with the token count fixed the old way, ``min_new_tokens ==
   max_new_tokens``, for comparison.
@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from kvperf.harness import generate_kwargs, time_generation
-from kvperf.kv_size import cache_kwarg
+from kvperf.kv.kv_size import cache_kwarg
+from kvperf.measure.harness import generate_kwargs, time_generation
+from kvperf.measure.prompts import make_prompts
 from kvperf.models import load_model
-from kvperf.prompts import make_prompts
 from kvperf.spec import GenerationSpec
 
 

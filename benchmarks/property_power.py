@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from kvperf.configs import build_model
+from kvperf.kv.configs import build_model
 
 
 def main(examples: int) -> None:

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from kvperf.harness import generate_kwargs, time_generation
-from kvperf.prompts import make_prompts
+from kvperf.measure.harness import generate_kwargs, time_generation
+from kvperf.measure.prompts import make_prompts
 from kvperf.spec import GenerationSpec
 
 #: Paired rounds: many on the tiny quick-tier model, fewer on the full tier's distilgpt2.

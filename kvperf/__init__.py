@@ -10,12 +10,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kvperf.ab import Side, run_ab
-    from kvperf.baseline import Baseline, load_baseline
-    from kvperf.compare import Comparison, compare
     from kvperf.errors import BadInputError, KvperfError, ModelNotAvailableError, UsageError
-    from kvperf.harness import GenerationResult, run_generation
-    from kvperf.kv_size import (
+    from kvperf.gate.ab import Side, run_ab
+    from kvperf.gate.baseline import Baseline, load_baseline
+    from kvperf.gate.compare import Comparison, compare
+    from kvperf.kv.kv_size import (
         KvSizeEstimate,
         Quantization,
         estimate_kv_cache,
@@ -23,36 +22,37 @@ if TYPE_CHECKING:
         kv_cache_bytes,
         measure_cache_bytes,
     )
+    from kvperf.measure.harness import GenerationResult, run_generation
+    from kvperf.measure.prompts import make_prompts
+    from kvperf.measure.work import measure_work
     from kvperf.models import PRESETS, load_model
-    from kvperf.prompts import make_prompts
     from kvperf.spec import GenerationSpec
-    from kvperf.work import measure_work
 
 #: Where each public name lives.
 _MODULES = {
     "PRESETS": "kvperf.models",
     "BadInputError": "kvperf.errors",
-    "Baseline": "kvperf.baseline",
-    "Comparison": "kvperf.compare",
-    "GenerationResult": "kvperf.harness",
+    "Baseline": "kvperf.gate.baseline",
+    "Comparison": "kvperf.gate.compare",
+    "GenerationResult": "kvperf.measure.harness",
     "GenerationSpec": "kvperf.spec",
-    "KvSizeEstimate": "kvperf.kv_size",
+    "KvSizeEstimate": "kvperf.kv.kv_size",
     "KvperfError": "kvperf.errors",
     "ModelNotAvailableError": "kvperf.errors",
-    "Quantization": "kvperf.kv_size",
-    "Side": "kvperf.ab",
+    "Quantization": "kvperf.kv.kv_size",
+    "Side": "kvperf.gate.ab",
     "UsageError": "kvperf.errors",
-    "compare": "kvperf.compare",
-    "estimate_kv_cache": "kvperf.kv_size",
-    "kv_bytes_per_token": "kvperf.kv_size",
-    "kv_cache_bytes": "kvperf.kv_size",
-    "load_baseline": "kvperf.baseline",
+    "compare": "kvperf.gate.compare",
+    "estimate_kv_cache": "kvperf.kv.kv_size",
+    "kv_bytes_per_token": "kvperf.kv.kv_size",
+    "kv_cache_bytes": "kvperf.kv.kv_size",
+    "load_baseline": "kvperf.gate.baseline",
     "load_model": "kvperf.models",
-    "make_prompts": "kvperf.prompts",
-    "measure_cache_bytes": "kvperf.kv_size",
-    "measure_work": "kvperf.work",
-    "run_ab": "kvperf.ab",
-    "run_generation": "kvperf.harness",
+    "make_prompts": "kvperf.measure.prompts",
+    "measure_cache_bytes": "kvperf.kv.kv_size",
+    "measure_work": "kvperf.measure.work",
+    "run_ab": "kvperf.gate.ab",
+    "run_generation": "kvperf.measure.harness",
 }
 
 __all__ = [

@@ -25,8 +25,8 @@ from kvperf.errors import EXIT_BAD_INPUT, KvperfError, UsageError
 from kvperf.text import terminal_safe
 
 if TYPE_CHECKING:
-    from kvperf.ab import AbRun
-    from kvperf.compare import Comparison
+    from kvperf.gate.ab import AbRun
+    from kvperf.gate.compare import Comparison
 
 __all__ = ["main"]
 
@@ -77,9 +77,9 @@ def _check_run_args(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from kvperf.harness import run_generation
+    from kvperf.measure.harness import run_generation
+    from kvperf.measure.oom import out_of_memory_as_error, requested_size
     from kvperf.models import load_model
-    from kvperf.oom import out_of_memory_as_error, requested_size
     from kvperf.spec import GenerationSpec
 
     _check_run_args(args)
@@ -118,8 +118,8 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_kv_size(args: argparse.Namespace) -> int:
-    from kvperf.capacity import format_bytes, kv_size_report, parse_bytes
-    from kvperf.kv_size import Quantization
+    from kvperf.kv.capacity import format_bytes, kv_size_report, parse_bytes
+    from kvperf.kv.kv_size import Quantization
     from kvperf.models import load_config
 
     _named("MODEL", args.model)
@@ -184,7 +184,7 @@ def _add_kv_size(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 def _thresholds(args: argparse.Namespace) -> dict[str, float]:
     """``--threshold`` parsed, and ``--max-cpu-wait`` checked (``compare`` and ``ab``)."""
-    from kvperf.compare import parse_thresholds
+    from kvperf.gate.compare import parse_thresholds
 
     if not 0 <= args.max_cpu_wait <= 1:
         raise UsageError(f"--max-cpu-wait {args.max_cpu_wait} must be in [0, 1], e.g. 0.05")
@@ -193,14 +193,14 @@ def _thresholds(args: argparse.Namespace) -> dict[str, float]:
 
 def _print_comparison(comparison: Comparison, args: argparse.Namespace) -> int:
     """Print in ``--format`` (``--all`` for the table); the exit code of the comparison."""
-    from kvperf.render import render_markdown, render_table
+    from kvperf.gate.render import render_markdown, render_table
 
     if args.format == "json":
         print(json.dumps(comparison.to_json(), indent=2))
     elif args.format == "markdown":
         print(render_markdown(comparison), end="")
     elif args.format == "markdown-summary":
-        from kvperf.markdown_summary import render_markdown_summary
+        from kvperf.gate.markdown_summary import render_markdown_summary
 
         print(render_markdown_summary(comparison), end="")
     else:
@@ -209,8 +209,8 @@ def _print_comparison(comparison: Comparison, args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from kvperf.baseline import load_baseline
-    from kvperf.compare import compare
+    from kvperf.gate.baseline import load_baseline
+    from kvperf.gate.compare import compare
 
     thresholds = _thresholds(args)
     comparison = compare(load_baseline(args.baseline), load_baseline(args.current), thresholds=thresholds,
@@ -236,7 +236,7 @@ def _add_partial(p: argparse.ArgumentParser) -> None:
 
 
 def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
-    from kvperf.compare import MAX_CPU_WAIT, METRICS
+    from kvperf.gate.compare import MAX_CPU_WAIT, METRICS
 
     p = sub.add_parser("compare", help="verdicts of a run against a baseline; exit 1 on a regression",
                        description="Compare two kvperf result files (pytest-benchmark JSON). "
@@ -268,11 +268,11 @@ def _add_compare(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _cmd_ab(args: argparse.Namespace) -> int:
     import time
 
-    from kvperf.ab import Side, default_cpus, parse_cpus, parse_env_items, prepare_out, run_ab
-    from kvperf.ab_retry import extend_noisy
-    from kvperf.baseline import load_baseline
-    from kvperf.compare import compare
-    from kvperf.render import render_markdown
+    from kvperf.gate.ab import Side, default_cpus, parse_cpus, parse_env_items, prepare_out, run_ab
+    from kvperf.gate.ab_retry import extend_noisy
+    from kvperf.gate.baseline import load_baseline
+    from kvperf.gate.compare import compare
+    from kvperf.gate.render import render_markdown
 
     thresholds = _thresholds(args)
     if not 0 <= args.retry_budget_s <= 86_400:
@@ -327,8 +327,8 @@ def _cmd_ab(args: argparse.Namespace) -> int:
 
 
 def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
-    from kvperf.ab_retry import RETRY_BUDGET_S
-    from kvperf.compare import MAX_CPU_WAIT
+    from kvperf.gate.ab_retry import RETRY_BUDGET_S
+    from kvperf.gate.compare import MAX_CPU_WAIT
 
     p = sub.add_parser(
         "ab", help="benchmark a baseline and a current checkout side by side, taking turns, and compare them",
@@ -373,7 +373,7 @@ def _add_ab(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from kvperf.report import format_table, load_cases, make_plots, make_tables
+    from kvperf.report.experiments import format_table, load_cases, make_plots, make_tables
 
     if args.plots is not None and not args.plots.strip():
         raise UsageError("--plots '' names no directory: give one for the PNG files, e.g. --plots plots, "
@@ -387,15 +387,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from kvperf.export import export_cases
-    from kvperf.report import load_cases
+    from kvperf.gate.export import export_cases
+    from kvperf.report.experiments import load_cases
 
     print(json.dumps(export_cases(load_cases(args.results), args.format), indent=2))
     return 0
 
 
 def _add_export(sub: argparse._SubParsersAction[_Parser]) -> None:
-    from kvperf.export import EXPORT_FORMATS
+    from kvperf.gate.export import EXPORT_FORMATS
 
     p = sub.add_parser("export", help="kvperf's metrics for github-action-benchmark or Bencher, on stdout",
                        description="Write TTFT, TPOT, e2e, tokens/s, FLOPs per token, KV bytes and peak memory of "

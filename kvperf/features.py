@@ -2,8 +2,8 @@
 read from the version number.
 
 kvperf supports transformers 4.57 (the last 4.x line) through the newest 5.x. Most of what differs
-between them kvperf handles where it happens (the cache keyword, ``kvperf.kv_size.cache_kwarg``; the
-static cache a model keeps between calls, ``kvperf.harness.forget_static_cache``). What is left is
+between them kvperf handles where it happens (the cache keyword, ``kvperf.kv.kv_size.cache_kwarg``; the
+static cache a model keeps between calls, ``kvperf.measure.harness.forget_static_cache``). What is left is
 here, each answer found by a probe of the installed code, so that a backport or a release that does
 things differently is still sized right:
 

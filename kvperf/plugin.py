@@ -28,10 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from kvperf.ab import ENV_VAR as AB_ENV_VAR
-from kvperf.ab import Turns
 from kvperf.errors import KvperfError, OutOfMemoryError
-from kvperf.progress import PROGRESS_MODES, SessionProgress, format_duration, plan_line, positions, rounds_within
+from kvperf.gate.ab import ENV_VAR as AB_ENV_VAR
+from kvperf.gate.ab import Turns
+from kvperf.measure.progress import (
+    PROGRESS_MODES,
+    SessionProgress,
+    format_duration,
+    plan_line,
+    positions,
+    rounds_within,
+)
 from kvperf.spec import GenerationSpec, canonical_dtype
 from kvperf.tiers import (
     DEFAULT_DTYPES,
@@ -48,7 +55,7 @@ from kvperf.tiers import (
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from kvperf.harness import GenerationResult
+    from kvperf.measure.harness import GenerationResult
 
 #: The baselines and the regression gate are a plugin of their own, registered with this one.
 pytest_plugins = ["kvperf.plugin_gate"]
@@ -345,7 +352,7 @@ def _planned(items: list[pytest.Item]) -> list[tuple[str, int]] | None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Size the run before it starts (``kvperf.progress.plan_line``)."""
+    """Size the run before it starts (``kvperf.measure.progress.plan_line``)."""
     config = session.config
     planned = _planned(session.items)
     if planned is None or config.getoption("kvperf_progress") == "none":
@@ -380,8 +387,8 @@ def kvperf_bench(
     """
     import torch
 
-    from kvperf.bench import benchmark_generation, extra_info
-    from kvperf.oom import out_of_memory_as_error, requested_size
+    from kvperf.measure.bench import benchmark_generation, extra_info
+    from kvperf.measure.oom import out_of_memory_as_error, requested_size
 
     def run(case: Case | GenerationSpec, dtype: str | None = None) -> list[GenerationResult]:
         if isinstance(case, GenerationSpec):
@@ -400,7 +407,7 @@ def kvperf_bench(
             if turns is not None:
                 turns.pass_turn()
 
-        # A case that does not fit is skipped with its size, and the session goes on (kvperf.oom).
+        # A case that does not fit is skipped with its size, and the session goes on (kvperf.measure.oom).
         try:
             with out_of_memory_as_error(requested_size(case.spec, case.dtype, device), device):
                 model = kvperf_model(case.dtype)
@@ -455,8 +462,8 @@ def _within_budget(config: pytest.Config, model: PreTrainedModel, spec: Generati
         return rounds, warmup, None, ""
     import time
 
-    from kvperf.harness import time_generation
-    from kvperf.prompts import make_prompts
+    from kvperf.measure.harness import time_generation
+    from kvperf.measure.prompts import make_prompts
 
     input_ids, attention_mask = make_prompts(model, spec)
     start = time.perf_counter()
@@ -479,7 +486,7 @@ def _forget(config: pytest.Config, benchmark: Any) -> None:
         session.benchmarks[:] = [b for b in session.benchmarks if b is not stats]
 
 
-# A/B runs (kvperf.ab): under `kvperf ab`, every test and the end of the session wait for this side's turn.
+# A/B runs (kvperf.gate.ab): under `kvperf ab`, every test and the end of the session wait for this side's turn.
 
 def _acquire(turns: Turns) -> None:
     """Wait for this side's turn; a driver that went away ends the session with one line, not an

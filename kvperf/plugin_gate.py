@@ -1,7 +1,7 @@
 """kvperf's pytest plugin, part 2: baselines and the regression gate (registered by ``kvperf.plugin``).
 
-``--kvperf-save-baseline`` saves the session's results as a baseline (``kvperf.baseline``);
-``--kvperf-compare`` compares them with one (``kvperf.compare``) and fails the session on a regression.
+``--kvperf-save-baseline`` saves the session's results as a baseline (``kvperf.gate.baseline``);
+``--kvperf-compare`` compares them with one (``kvperf.gate.compare``) and fails the session on a regression.
 What the gate promises (README, "What kvperf promises: runs and baselines"):
 
 * Everything it can check before a run, it checks before any benchmark runs, with one ``ERROR:`` line
@@ -11,7 +11,7 @@ What the gate promises (README, "What kvperf promises: runs and baselines"):
   deselected) or none of them is in the baseline, the session exits 6 (``EXIT_NOTHING_COMPARED``).
 * It never loses a run: when the baseline can't be written at the end, the results go to a fallback
   file, one line says where, and the session exits 7 (``EXIT_SAVE_FAILED``); never a traceback.
-* A saved file says what it holds: ``kvperf_subset``, ``kvperf_selection`` (``kvperf.selection``) and
+* A saved file says what it holds: ``kvperf_subset``, ``kvperf_selection`` (``kvperf.gate.selection``) and
   ``kvperf_skipped_cases`` at its top level, and no hostname.
 """
 
@@ -24,7 +24,8 @@ from typing import Any, cast
 
 import pytest
 
-from kvperf.baseline import (
+from kvperf.errors import EXIT_NOTHING_COMPARED, EXIT_SAVE_FAILED, KvperfError
+from kvperf.gate.baseline import (
     BASELINE_DIR,
     Baseline,
     SkippedCase,
@@ -35,13 +36,12 @@ from kvperf.baseline import (
     write_baseline,
     write_fallback,
 )
-from kvperf.compare import EXIT_UNTESTED, TIMING_MODES, Comparison, TimingMode, compare, parse_thresholds
-from kvperf.env import Environment, current_environment, mismatched_fields
-from kvperf.errors import EXIT_NOTHING_COMPARED, EXIT_SAVE_FAILED, KvperfError
+from kvperf.gate.compare import EXIT_UNTESTED, TIMING_MODES, Comparison, TimingMode, compare, parse_thresholds
+from kvperf.gate.env import Environment, current_environment, mismatched_fields
+from kvperf.gate.render import render_table
+from kvperf.gate.selection import Selection, narrowed_by, relative_args
 from kvperf.plugin import BUDGETED_KEY, CONFIG_KEY, add_option, kvperf_config_of
-from kvperf.render import render_table
-from kvperf.selection import Selection, narrowed_by, relative_args
-from kvperf.summary import write_summary
+from kvperf.report.summary import write_summary
 from kvperf.tiers import get_tier
 
 __all__: list[str] = []  # hooks only
@@ -62,7 +62,7 @@ _SKIPPED_KEY = pytest.StashKey[dict[str, SkippedCase]]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvperf", "kvperf KV-cache benchmarks")
-    # Baselines and the regression gate (kvperf.baseline, kvperf.compare). Options with an optional
+    # Baselines and the regression gate (kvperf.gate.baseline, kvperf.gate.compare). Options with an optional
     # value take it with "=": `pytest benchmarks --kvperf-compare=FILE`.
     add_option(group, "--kvperf-save-baseline", nargs="?", const=_DEFAULT, default=None, metavar="DIR",
                     help=f"save this run as the baseline of its environment: DIR/<environment key>/<tier>.json "
@@ -278,7 +278,7 @@ def _ran_kvperf(config: pytest.Config) -> bool:
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     """Record the environment fingerprint in every JSON that kvperf benchmarks are written to, and drop
     the hostname that pytest-benchmark records (``node``): baselines get committed, and nothing in
-    kvperf needs it (the environment key is made of the hardware and software, see ``kvperf.env``)."""
+    kvperf needs it (the environment key is made of the hardware and software, see ``kvperf.gate.env``)."""
     if _ran_kvperf(config):
         machine_info.pop("node", None)
         machine_info["kvperf"] = _environment(config).to_json()
@@ -289,7 +289,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
     """Mark a JSON holding kvperf benchmarks with kvperf's schema version (it is then a baseline), what
     the run selected (``kvperf_subset``, ``kvperf_selection``) and what it skipped (``kvperf_skipped_cases``)."""
     if any("kvperf_schema" in (b.get("extra_info") or {}) for b in output_json.get("benchmarks", [])):
-        from kvperf.bench import SCHEMA_VERSION  # imported already: kvperf cases ran
+        from kvperf.measure.bench import SCHEMA_VERSION  # imported already: kvperf cases ran
 
         output_json["kvperf"] = {"schema": SCHEMA_VERSION}
         selection = config.stash.get(_SELECTION_KEY, None)

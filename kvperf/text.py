@@ -40,7 +40,7 @@ def md_code(text: str) -> str:
     """``text`` as a Markdown code span that no backtick in it can end: the fence is one backtick
     longer than the longest run inside (CommonMark), padded with spaces when the text starts or ends
     with a backtick. Control characters are escaped as for a terminal. Pipes are left alone: a
-    table cell escapes them (see ``kvperf.render``)."""
+    table cell escapes them (see ``kvperf.gate.render``)."""
     safe = terminal_safe(text)
     longest = max((len(run) for run in re.findall(r"`+", safe)), default=0)
     fence = "`" * (longest + 1)

@@ -19,7 +19,13 @@ from hypothesis import HealthCheck, settings
 # The plugin imports these on first use (kvperf.plugin). pytester's in-process runs drop the modules
 # first imported inside them, and importing torch's parts a second time warns (an error here): so
 # the test process imports them once, up front.
-for _module in ("kvperf.bench", "kvperf.harness", "kvperf.models", "kvperf.oom", "kvperf.prompts"):
+for _module in (
+    "kvperf.measure.bench",
+    "kvperf.measure.harness",
+    "kvperf.models",
+    "kvperf.measure.oom",
+    "kvperf.measure.prompts",
+):
     importlib.import_module(_module)
 
 settings.register_profile(

@@ -1,6 +1,6 @@
 """Fault injection for the save path: stand-ins for the ``os`` and ``tempfile`` modules of
-``kvperf.baseline`` in which one function fails the way a full disk, a read-only file system or a
-failing device makes it fail. Only ``kvperf.baseline`` sees them (``monkeypatch.setattr`` on its
+``kvperf.gate.baseline`` in which one function fails the way a full disk, a read-only file system or a
+failing device makes it fail. Only ``kvperf.gate.baseline`` sees them (``monkeypatch.setattr`` on its
 module attribute), so pytest, pytester and pytest-benchmark keep the real modules."""
 
 from __future__ import annotations

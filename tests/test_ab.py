@@ -1,4 +1,4 @@
-"""kvperf.ab: the turn-taking of two sides, its bad inputs, and `kvperf ab` end to end."""
+"""kvperf.gate.ab: the turn-taking of two sides, its bad inputs, and `kvperf ab` end to end."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from kvperf.ab import ENV_VAR, Side, Turns, _serve, _start, parse_cpus, parse_env_items, run_ab
 from kvperf.cli import main
 from kvperf.errors import UsageError
+from kvperf.gate.ab import ENV_VAR, Side, Turns, _serve, _start, parse_cpus, parse_env_items, run_ab
 
 # A side that appends "<name><i>" to a log at each of its rounds, passing the turn between rounds
 # as kvperf's plugin does between benchmark rounds. With --die-at, it exits in the middle of a turn.
 SIDE = textwrap.dedent("""
     import sys
-    from kvperf.ab import Turns
+    from kvperf.gate.ab import Turns
     name, log, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     die_at = int(sys.argv[4]) if len(sys.argv) > 4 else -1
     turns = Turns.from_env()

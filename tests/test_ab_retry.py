@@ -1,4 +1,4 @@
-"""kvperf.ab_retry: the cases whose timings were too noisy to test run again within a budget (fake A/B runs)."""
+"""kvperf.gate.ab_retry: the cases whose timings were too noisy to test run again within a budget (fake A/B runs)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from kvperf.ab import AbRun, Side, SideFailedError, prepare_out
-from kvperf.ab_retry import MAX_ATTEMPTS, deselect_args, extend_noisy, untested_cases
-from kvperf.baseline import load_baseline
 from kvperf.cli import main
-from kvperf.compare import compare
+from kvperf.gate.ab import AbRun, Side, SideFailedError, prepare_out
+from kvperf.gate.ab_retry import MAX_ATTEMPTS, deselect_args, extend_noisy, untested_cases
+from kvperf.gate.baseline import load_baseline
+from kvperf.gate.compare import compare
 from tests.test_ab_out import _fast_args
 from tests.test_compare import BASE, info, result_json
 
@@ -130,7 +130,7 @@ def test_deselect_never_drops_a_case_to_retry_by_prefix():
 
 
 def test_ab_retries_noisy_cases_through_the_command(checkout, capsys, monkeypatch):
-    import kvperf.ab
+    import kvperf.gate.ab
 
     calls: list[list[str]] = []
 
@@ -140,7 +140,7 @@ def test_ab_retries_noisy_cases_through_the_command(checkout, capsys, monkeypatc
         wait = [0.5] * 5 if len(calls) == 1 else [0.0] * 5
         return _pair(Path(out_dir), {NOISY: info(BASE, wait=wait), QUIET: info(BASE, wait=wait)})
 
-    monkeypatch.setattr(kvperf.ab, "run_ab", fake_run_ab)
+    monkeypatch.setattr(kvperf.gate.ab, "run_ab", fake_run_ab)
     out = checkout / "ab"
     assert main(_fast_args(checkout, str(out), "--retry-budget-s", "0")) == 8
     assert len(calls) == 1

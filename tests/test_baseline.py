@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from kvperf.baseline import SkippedCase, baseline_path, load_baseline, write_baseline
 from kvperf.cli import main
 from kvperf.errors import BadInputError
+from kvperf.gate.baseline import SkippedCase, baseline_path, load_baseline, write_baseline
 from tests.test_compare import BASE, CASE, ENV, info, result_json
 
 

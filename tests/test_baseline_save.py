@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import kvperf.baseline
-from kvperf.baseline import check_writable, load_baseline, write_baseline, write_fallback
+import kvperf.gate.baseline
 from kvperf.errors import BadInputError
+from kvperf.gate.baseline import check_writable, load_baseline, write_baseline, write_fallback
 from tests.faults import FaultyModule, full_disk_fdopen, oserror
 from tests.test_compare import BASE, CASE, ENV, info, result_json
 
@@ -23,7 +23,7 @@ OLD = result_json({CASE: info([t * 2 for t in BASE])})
 
 
 def faults() -> dict[str, tuple[str, FaultyModule, int]]:
-    """Which module of kvperf.baseline to replace, by what, and the errno the write must raise."""
+    """Which module of kvperf.gate.baseline to replace, by what, and the errno the write must raise."""
     return {
         "fsync": ("os", FaultyModule(os, ("fsync",), oserror(errno.EIO)), errno.EIO),
         "rename": ("os", FaultyModule(os, ("link", "replace"), oserror(errno.EXDEV), times=2), errno.EXDEV),
@@ -41,7 +41,7 @@ def test_a_failed_write_raises_and_leaves_nothing_behind(tmp_path: Path, monkeyp
         write_baseline(OLD, target)
     before = target.read_bytes() if overwrite else None
     module, faulty, code = faults()[fault]
-    monkeypatch.setattr(kvperf.baseline, module, faulty)
+    monkeypatch.setattr(kvperf.gate.baseline, module, faulty)
     with pytest.raises(OSError) as raised:
         write_baseline(DATA, target, overwrite=overwrite)
     assert raised.value.errno == code and faulty.failures >= 1
@@ -73,7 +73,7 @@ def test_check_writable_refuses_a_file_in_the_way(tmp_path: Path):
 
 
 def test_check_writable_refuses_a_read_only_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(kvperf.baseline, "tempfile", FaultyModule(tempfile, ("mkstemp",), oserror(errno.EROFS)))
+    monkeypatch.setattr(kvperf.gate.baseline, "tempfile", FaultyModule(tempfile, ("mkstemp",), oserror(errno.EROFS)))
     with pytest.raises(BadInputError) as raised:
         check_writable(tmp_path / "key")
     assert str(raised.value) == (f"{tmp_path / 'key'}: cannot save a baseline there (Read-only file system): "
@@ -90,7 +90,7 @@ def test_fallback_goes_to_the_temp_dir_then_the_current_dir(tmp_path: Path, monk
     assert path is not None and path.parent == temp and path.name.startswith("kvperf-unsaved-quick-")
     assert failures == [] and load_baseline(path).cases.keys() == {(CASE, "tiny-gpt2")}
 
-    monkeypatch.setattr(kvperf.baseline, "tempfile", FaultyModule(
+    monkeypatch.setattr(kvperf.gate.baseline, "tempfile", FaultyModule(
         tempfile, ("mkstemp",), oserror(errno.ENOSPC), when=lambda *a, dir=None, **k: Path(dir) == temp))
     path, failures = write_fallback(DATA, "quick")
     assert path is not None and path.parent == cwd
@@ -100,7 +100,7 @@ def test_fallback_goes_to_the_temp_dir_then_the_current_dir(tmp_path: Path, monk
 def test_fallback_reports_when_nothing_could_be_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(kvperf.baseline, "tempfile", FaultyModule(tempfile, ("mkstemp",), oserror(errno.EROFS),
+    monkeypatch.setattr(kvperf.gate.baseline, "tempfile", FaultyModule(tempfile, ("mkstemp",), oserror(errno.EROFS),
                                                                   times=2))
     path, failures = write_fallback(DATA, "quick")
     assert path is None and failures == [f"{tmp_path}: Read-only file system"] * 2

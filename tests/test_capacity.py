@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import MistralConfig
 
-from kvperf.capacity import (
+from kvperf.errors import UsageError
+from kvperf.kv.capacity import (
     format_bytes,
     gpu_free_memory_bytes,
     kv_size_report,
@@ -18,9 +19,8 @@ from kvperf.capacity import (
     parse_bytes,
     weight_bytes,
 )
-from kvperf.configs import SmallConfig
-from kvperf.errors import UsageError
-from kvperf.kv_size import Quantization
+from kvperf.kv.configs import SmallConfig
+from kvperf.kv.kv_size import Quantization
 from kvperf.models import PRESETS, load_model
 
 
@@ -154,8 +154,8 @@ def test_auto_with_no_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_longest_context_of_a_hybrid_leaves_room_for_its_state() -> None:
     """Qwen3-Next's gated DeltaNet states take the same bytes at any length: the budget for keys and
     values is what they leave, and a budget below them fits nothing."""
-    from kvperf.families import tiny_config
-    from kvperf.kv_size import estimate_kv_cache
+    from kvperf.kv.families import tiny_config
+    from kvperf.kv.kv_size import estimate_kv_cache
 
     config = tiny_config("qwen3_next")
     one = estimate_kv_cache(config, 2, 1)
@@ -169,7 +169,7 @@ def test_longest_context_of_a_hybrid_leaves_room_for_its_state() -> None:
 
 def test_report_of_a_cache_of_states_alone() -> None:
     """Mamba's cache does not grow: any context fits once its state does."""
-    from kvperf.families import tiny_config
+    from kvperf.kv.families import tiny_config
 
     report = kv_size_report("mamba", tiny_config("mamba"), batch_size=1, seq_len=100, dtype=None, cache="dynamic",
                             quantization=Quantization(), device_memory="1GiB")

@@ -64,14 +64,14 @@ def test_out_of_memory_is_one_line_and_exit_5(capsys, monkeypatch, where):
     """What torch raises when memory runs out (faked: the machine's memory is never exhausted)."""
     import torch
 
-    import kvperf.harness
+    import kvperf.measure.harness
     import kvperf.models
     from tests.test_oom import CPU_OOM
 
     def fail(*args, **kwargs):
         raise RuntimeError(CPU_OOM) if where == "generate" else torch.OutOfMemoryError("CUDA out of memory.")
 
-    monkeypatch.setattr(kvperf.harness if where == "generate" else kvperf.models,
+    monkeypatch.setattr(kvperf.measure.harness if where == "generate" else kvperf.models,
                         "run_generation" if where == "generate" else "load_model", fail)
     assert main(["run", "tiny-gpt2", "--batch", "64", "--prompt", "500", "--new-tokens", "12"]) == 5
     assert capsys.readouterr().err == (

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kvperf.cli import main
-from kvperf.configs import SmallConfig
+from kvperf.kv.configs import SmallConfig
 from kvperf.models import PRESETS
 
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from kvperf.baseline import Baseline, baseline_from_json
-from kvperf.compare import compare, parse_thresholds
-from kvperf.env import Environment
 from kvperf.errors import BadInputError, UsageError
-from kvperf.render import render_markdown, render_table
-from kvperf.stats import median, ratio_interval
+from kvperf.gate.baseline import Baseline, baseline_from_json
+from kvperf.gate.compare import compare, parse_thresholds
+from kvperf.gate.env import Environment
+from kvperf.gate.render import render_markdown, render_table
+from kvperf.gate.stats import median, ratio_interval
 
 ENV = Environment(cpu_model="Test CPU", cpu_count=2, torch_threads=1, machine="x86_64", system="Linux",
                   python_version="3.11", torch_version="2.13.0+cpu", transformers_version="5.23.0",

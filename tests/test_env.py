@@ -12,8 +12,8 @@ import pytest
 import torch
 import transformers
 
-from kvperf.baseline import load_baseline
-from kvperf.env import (
+from kvperf.gate.baseline import load_baseline
+from kvperf.gate.env import (
     CpuContention,
     Environment,
     current_environment,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from kvperf.cli import main
-from kvperf.export import export_cases
+from kvperf.gate.export import export_cases
 from tests.test_report import _case
 
 

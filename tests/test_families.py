@@ -17,11 +17,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, WhisperConfig
 
-from kvperf.bench import benchmark_generation
 from kvperf.errors import UsageError
-from kvperf.families import causal_lm_types, tiny_config, tiny_model
-from kvperf.harness import generate_kwargs, run_generation
-from kvperf.kv_size import (
+from kvperf.kv.families import causal_lm_types, tiny_config, tiny_model
+from kvperf.kv.kv_size import (
     KvShape,
     cache_tensors,
     estimate_kv_cache,
@@ -29,6 +27,8 @@ from kvperf.kv_size import (
     measure_layer_bytes,
     returned_cache,
 )
+from kvperf.measure.bench import benchmark_generation
+from kvperf.measure.harness import generate_kwargs, run_generation
 from kvperf.models import init_weights, max_positions
 from kvperf.spec import GenerationSpec
 
@@ -69,7 +69,7 @@ def _model(model_type: str, dtype: str) -> PreTrainedModel:
 
 
 def _generate(model: PreTrainedModel, cache: str) -> Any:
-    from kvperf.prompts import make_prompts
+    from kvperf.measure.prompts import make_prompts
 
     spec = GenerationSpec(cache=cache, batch_size=BATCH, prompt_len=PROMPT, new_tokens=NEW)  # type: ignore[arg-type]
     ids, mask = make_prompts(model, spec, left_pad=LEFT_PAD)

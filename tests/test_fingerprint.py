@@ -9,7 +9,7 @@ import struct
 import pytest
 import torch
 
-from kvperf.fingerprint import output_sha256
+from kvperf.gate.fingerprint import output_sha256
 from tests.test_plugin import BENCH_FILE, TINY
 
 

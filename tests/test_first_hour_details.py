@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import kvperf.ab
+import kvperf.gate.ab
 from kvperf.cli import main
 from kvperf.errors import KvperfError
 
@@ -28,7 +28,7 @@ def test_the_ab_start_line_keeps_the_quotes_of_a_k_expression(tmp_path: Path, ca
     def stop(*args: object, **kwargs: object) -> None:
         raise KvperfError("stopped before running (test)")
 
-    monkeypatch.setattr(kvperf.ab, "run_ab", stop)
+    monkeypatch.setattr(kvperf.gate.ab, "run_ab", stop)
     argv = ["ab", "--baseline-dir", str(tmp_path), "--current-dir", str(tmp_path), "--out", str(tmp_path / "ab"),
             "--cpus", "all", "--", "benchmarks", "-k", "not overhead"]
     assert main(argv) == 2

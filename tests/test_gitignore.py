@@ -23,7 +23,7 @@ def _checkout() -> None:
 
 
 @pytest.mark.parametrize("path", [
-    # kvperf.baseline's temporary file (`.<name>.<random>.tmp`) and write check, left by a killed save
+    # kvperf.gate.baseline's temporary file (`.<name>.<random>.tmp`) and write check, left by a killed save
     ".quick.json.k2j3x9a_.tmp", "baselines/cpu-amd-epyc-2cpu-torch2.13.0-cpu-4006c621/.quick.json.k2j3x9a_.tmp",
     "baselines/.kvperf-write-check.abc123.tmp",
     # what the README's and CI's commands write

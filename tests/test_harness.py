@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvperf import GenerationSpec, harness, load_model, run_generation
-from kvperf.harness import count_generated_tokens, generate_kwargs
+from kvperf import GenerationSpec, load_model, run_generation
+from kvperf.measure import harness
+from kvperf.measure.harness import count_generated_tokens, generate_kwargs
 
 
 @pytest.fixture(scope="module")

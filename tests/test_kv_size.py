@@ -1,6 +1,6 @@
 """The KV-size formula equals the bytes that transformers' caches hold, to the byte.
 
-Property: for random small configs of every family (``kvperf.configs.small_configs``), batch sizes,
+Property: for random small configs of every family (``kvperf.kv.configs.small_configs``), batch sizes,
 prompt lengths, new-token counts and dtypes, with left-padded rows, the per-layer bytes of
 ``estimate_kv_cache(config, B, prompt + new - 1, dtype, cache, prompt_len=prompt)`` equal
 ``measure_layer_bytes`` of the cache that ``generate`` returns: for the dynamic, static and quantized
@@ -29,11 +29,10 @@ from transformers import (
     T5Config,
 )
 
-from kvperf.configs import SmallConfig, build_model, small_configs
 from kvperf.errors import UsageError
 from kvperf.features import missing_quantized_backend, quanto_residual_cycle
-from kvperf.harness import run_generation
-from kvperf.kv_size import (
+from kvperf.kv.configs import SmallConfig, build_model, small_configs
+from kvperf.kv.kv_size import (
     KvShape,
     KvSizeEstimate,
     Quantization,
@@ -44,8 +43,9 @@ from kvperf.kv_size import (
     measure_layer_bytes,
     returned_cache,
 )
+from kvperf.measure.harness import run_generation
+from kvperf.measure.prompts import make_prompts
 from kvperf.models import PRESETS, load_model
-from kvperf.prompts import make_prompts
 from kvperf.spec import GenerationSpec
 
 NO_FP8 = missing_quantized_backend("fp8")
@@ -378,7 +378,7 @@ def _with(config: PretrainedConfig, **attrs: Any) -> PretrainedConfig:
      "fix num_key_value_heads"),
     (_with(LlamaConfig(num_hidden_layers=2), layer_types=["full_attention", "linear_attention"]),
      "kvperf does not know the conv and recurrent state shapes of the config of model_type 'llama': its "
-     "linear-attention layers are not in kvperf's table (kvperf/kv_layers.py)"),
+     "linear-attention layers are not in kvperf's table (kvperf/kv/kv_layers.py)"),
     (_with(LlamaConfig(num_hidden_layers=2), layer_types=["full_attention", "paged_attention"]),
      "layer 1 of the config of model_type 'llama' has layer type 'paged_attention', which kvperf's formula does "
      "not cover (it covers attention, sliding, chunked, indexed, linear-attention, conv and hybrid layers)"),

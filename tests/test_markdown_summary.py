@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kvperf.compare import compare
-from kvperf.markdown_summary import GITHUB_COMMENT_LIMIT, render_markdown_summary
-from kvperf.render import render_markdown
+from kvperf.gate.compare import compare
+from kvperf.gate.markdown_summary import GITHUB_COMMENT_LIMIT, render_markdown_summary
+from kvperf.gate.render import render_markdown
 from tests.test_compare import BASE, info, run
 
 

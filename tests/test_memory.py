@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvperf.memory import LiveTensorBytes, allocator_peak_bytes, model_bytes
+from kvperf.measure.memory import LiveTensorBytes, allocator_peak_bytes, model_bytes
 
 
 def test_live_bytes_follow_allocation_and_release():
@@ -100,8 +100,8 @@ def test_peak_equals_the_allocators_figure(module):
 
 def test_peak_parts_add_up_and_the_cache_is_attributed():
     from kvperf import GenerationSpec, load_model
-    from kvperf.harness import measure_peak_memory
-    from kvperf.prompts import make_prompts
+    from kvperf.measure.harness import measure_peak_memory
+    from kvperf.measure.prompts import make_prompts
 
     model = load_model("tiny-gpt2")
     for cache in ("on", "off", "static"):

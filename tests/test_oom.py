@@ -7,9 +7,9 @@ import weakref
 import pytest
 import torch
 
-import kvperf.oom
+import kvperf.measure.oom
 from kvperf.errors import EXIT_OUT_OF_MEMORY, OutOfMemoryError
-from kvperf.oom import is_out_of_memory, out_of_memory_as_error, release_memory, requested_size
+from kvperf.measure.oom import is_out_of_memory, out_of_memory_as_error, release_memory, requested_size
 from kvperf.spec import GenerationSpec
 
 #: What torch 2.x's CPU allocator raises on Linux when an allocation fails.
@@ -61,8 +61,8 @@ def test_the_failed_call_s_tensors_are_freed():
 
 def test_cuda_memory_goes_back_to_the_device(monkeypatch: pytest.MonkeyPatch):
     emptied: list[bool] = []
-    monkeypatch.setattr(kvperf.oom.torch.cuda, "is_initialized", lambda: True)
-    monkeypatch.setattr(kvperf.oom.torch.cuda, "empty_cache", lambda: emptied.append(True))
+    monkeypatch.setattr(kvperf.measure.oom.torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(kvperf.measure.oom.torch.cuda, "empty_cache", lambda: emptied.append(True))
     release_memory("cpu")
     assert emptied == []
     release_memory("cuda:0")

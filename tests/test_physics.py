@@ -3,8 +3,8 @@ costs more FLOPs than no cache, and a cache that costs more time while doing les
 
 from __future__ import annotations
 
-from kvperf.physics import contended, contradictions
-from kvperf.report import make_tables
+from kvperf.report.experiments import make_tables
+from kvperf.report.physics import contended, contradictions
 from tests.test_report import _case
 
 

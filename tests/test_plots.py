@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kvperf.plots import make_plots
+from kvperf.report.plots import make_plots
 from tests.test_report import _case
 
 matplotlib = pytest.importorskip("matplotlib")

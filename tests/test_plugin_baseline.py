@@ -122,7 +122,7 @@ def test_a_failing_session_saves_no_baseline(pytester: pytest.Pytester):
 def test_another_torch_is_refused_without_suggesting_what_would_not_help(pytester: pytest.Pytester, timings):
     """Other software changes every metric: --kvperf-timings auto would be refused too, so only
     --kvperf-allow-env-mismatch is offered."""
-    from kvperf.env import current_environment
+    from kvperf.gate.env import current_environment
     from tests.test_compare import BASE, CASE, info, result_json
 
     pytester.makepyfile(test_bench=BENCH_FILE)

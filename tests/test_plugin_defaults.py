@@ -52,7 +52,7 @@ def test_a_fresh_clone_on_another_machine_of_the_same_kind(pytester: pytest.Pyte
 def test_no_baseline_of_this_software_names_the_ones_there_are(pytester: pytest.Pytester):
     import json
 
-    from kvperf.env import current_environment
+    from kvperf.gate.env import current_environment
     from tests.test_compare import BASE, CASE, info, result_json
 
     pytester.makepyfile(test_bench=BENCH_FILE)

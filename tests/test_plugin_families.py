@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kvperf.families import tiny_model
+from kvperf.kv.families import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import kvperf.baseline
-from kvperf.baseline import load_baseline
-from kvperf.env import current_environment
+import kvperf.gate.baseline
 from kvperf.errors import EXIT_NOTHING_COMPARED, EXIT_SAVE_FAILED
+from kvperf.gate.baseline import load_baseline
+from kvperf.gate.env import current_environment
 from tests.faults import FaultyModule, full_disk_fdopen, oserror
 from tests.test_compare import BASE, info, result_json
 
@@ -222,7 +222,7 @@ def test_a_read_only_directory_is_refused_before_the_run(pytester: pytest.Pytest
     pytester.makepyfile(test_bench=BENCH_FILE)
     read_only = FaultyModule(tempfile, ("mkstemp",), oserror(errno.EROFS), times=10,
                              when=lambda *a, dir=None, **k: Path(dir).is_relative_to(pytester.path))
-    monkeypatch.setattr(kvperf.baseline, "tempfile", read_only)
+    monkeypatch.setattr(kvperf.gate.baseline, "tempfile", read_only)
     result = pytester.runpytest(*TINY, "--kvperf-save-baseline")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: */baselines/*: cannot save a baseline there (Read-only file system): pass "
@@ -236,7 +236,7 @@ def _under_baselines(*args: object, **kwargs: object) -> bool:
 
 
 SAVE_FAULTS = {
-    # name: (module of kvperf.baseline, its stand-in, what the line says)
+    # name: (module of kvperf.gate.baseline, its stand-in, what the line says)
     "fsync": ("os", lambda: FaultyModule(os, ("fsync",), oserror(errno.EIO)), "Input/output error"),
     "rename": ("os", lambda: FaultyModule(os, ("link", "replace"), oserror(errno.EXDEV), when=_under_baselines,
                                           times=2), "Invalid cross-device link"),
@@ -256,7 +256,7 @@ def test_a_write_that_fails_at_the_end_keeps_the_results_and_says_where(pytester
     monkeypatch.setattr(tempfile, "tempdir", str(fallback))
     module, make, why = SAVE_FAULTS[fault]
     faulty = make()
-    monkeypatch.setattr(kvperf.baseline, module, faulty)
+    monkeypatch.setattr(kvperf.gate.baseline, module, faulty)
     result = pytester.runpytest(*TINY, "--kvperf-save-baseline")
     result.assert_outcomes(passed=2)
     assert result.ret == EXIT_SAVE_FAILED == 7 and faulty.failures >= 1

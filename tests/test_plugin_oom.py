@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-import kvperf.bench
+import kvperf.measure.bench
 from tests.test_oom import CPU_OOM
 
 TINY = ["--kvperf-rounds", "2", "--kvperf-warmup", "0", "--kvperf-dtypes", "float32", "-p", "no:cacheprovider"]
@@ -29,7 +29,7 @@ def test_case(kvperf_bench, batch):
 
 @pytest.fixture
 def allocation_failures(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_time, real_work = kvperf.bench.time_generation, kvperf.bench.measure_work
+    real_time, real_work = kvperf.measure.bench.time_generation, kvperf.measure.bench.measure_work
 
     def time_generation(model: Any, spec: Any, *args: Any, **kwargs: Any) -> Any:
         if spec.batch_size == 2:
@@ -43,8 +43,8 @@ def allocation_failures(monkeypatch: pytest.MonkeyPatch) -> None:
             raise MemoryError
         return real_work(model, spec, *args, **kwargs)
 
-    monkeypatch.setattr(kvperf.bench, "time_generation", time_generation)
-    monkeypatch.setattr(kvperf.bench, "measure_work", measure_work)
+    monkeypatch.setattr(kvperf.measure.bench, "time_generation", time_generation)
+    monkeypatch.setattr(kvperf.measure.bench, "measure_work", measure_work)
 
 
 def reason(batch: int) -> str:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kvperf.progress import SessionProgress, format_duration, positions, rounds_within
+from kvperf.measure.progress import SessionProgress, format_duration, positions, rounds_within
 from tests.test_plugin_baseline import BENCH_FILE, TINY
 
 
@@ -74,7 +74,7 @@ def test_long_prompt(kvperf_bench):
     result.stdout.fnmatch_lines(["*test_long_prompt*", "cache=static-bs=8-prompt=2048-new=256 reaches 2304 positions "
                                  "(prompt 2048 + 256 new tokens) but model 'tiny-gpt2' has 512: give a shorter "
                                  "prompt_len or new_tokens, or a model with more positions (--kvperf-model)"])
-    assert "Traceback" not in result.stdout.str() and "kvperf/harness.py" not in result.stdout.str()
+    assert "Traceback" not in result.stdout.str() and "kvperf/measure/harness.py" not in result.stdout.str()
 
 
 def test_the_cpu_tier_runs_the_full_tier_s_sizes_on_a_model_that_fits_them():

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from kvperf.physics import contended
-from kvperf.summary import summary_tables
+from kvperf.report.physics import contended
+from kvperf.report.summary import summary_tables
 from kvperf.tiers import ordered_experiments
 from tests.test_plugin_baseline import TINY
 

@@ -53,8 +53,8 @@ def test_bad_prompt_requests_are_usage_errors(model, spec, left_pad, message):
 
 def test_composite_config_prompts_come_from_its_text_config():
     """Gemma3Config has no vocab_size of its own; image placeholder ids are never drawn."""
-    from kvperf.families import tiny_model
-    from kvperf.prompts import pad_token_id
+    from kvperf.kv.families import tiny_model
+    from kvperf.measure.prompts import pad_token_id
 
     model = tiny_model("gemma3")
     assert "vocab_size" not in model.config.to_dict()
@@ -69,7 +69,7 @@ def test_pad_token_outside_the_vocabulary_is_not_used():
     """A pad or EOS id past the vocabulary cannot be embedded: the next candidate (or 0) is."""
     from transformers import LlamaConfig
 
-    from kvperf.prompts import pad_token_id
+    from kvperf.measure.prompts import pad_token_id
 
     assert pad_token_id(LlamaConfig(vocab_size=100, pad_token_id=None, eos_token_id=128001)) == 0
     assert pad_token_id(LlamaConfig(vocab_size=100, pad_token_id=None, eos_token_id=[7, 128001])) == 7

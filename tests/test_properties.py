@@ -30,7 +30,7 @@ precision; P3 checks every step and keeps its power there.
 
 **The properties can fail.** ``test_*_catch*`` run them against caches that keep a stale value,
 return past values permuted, or return past keys one position late, and assert that they fail. The
-models come from ``kvperf.configs.build_model``, whose ``init_weights`` makes attention far from
+models come from ``kvperf.kv.configs.build_model``, whose ``init_weights`` makes attention far from
 uniform; with transformers' default init (std 0.02) a broken cache often changes no token.
 """
 
@@ -47,11 +47,11 @@ from hypothesis import strategies as st
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, LinearAttentionLayer
 
-from kvperf.configs import SmallConfig, build_model, small_configs
-from kvperf.families import tiny_model
-from kvperf.harness import generate_kwargs
-from kvperf.kv_size import KvShape, cache_kwarg, estimate_kv_cache, measure_layer_bytes, returned_cache
-from kvperf.prompts import make_prompts
+from kvperf.kv.configs import SmallConfig, build_model, small_configs
+from kvperf.kv.families import tiny_model
+from kvperf.kv.kv_size import KvShape, cache_kwarg, estimate_kv_cache, measure_layer_bytes, returned_cache
+from kvperf.measure.harness import generate_kwargs
+from kvperf.measure.prompts import make_prompts
 from kvperf.spec import GenerationSpec
 
 #: Bound on max |cached - uncached| score error, in units of eps(dtype) * max |score| (P3).
@@ -329,8 +329,8 @@ def test_low_precision_token_property_catches_broken_cache(breakage: str, dtype:
 
 # --- latent-attention, hybrid and sliding-window families -----------------------------------------------
 #
-# The properties above run over kvperf.configs' six families; these run P1 and the formula over three
-# more layer types, built with kvperf.families.tiny_config at drawn sizes: DeepSeek-V3's multi-head
+# The properties above run over kvperf.kv.configs' six families; these run P1 and the formula over three
+# more layer types, built with kvperf.kv.families.tiny_config at drawn sizes: DeepSeek-V3's multi-head
 # latent attention (the cache holds the compressed latent and the rotary key), Qwen3-Next's hybrid of
 # gated DeltaNet layers (conv and recurrent states) and attention, and OLMo 3's sliding and full layers.
 # (Gemma 3's sliding layers are no good here: its final logit soft-capping keeps the greedy token of a
@@ -343,7 +343,7 @@ LAYER_TYPE_FAMILIES = ("deepseek_v3", "qwen3_next", "olmo3")
 
 @dataclass(frozen=True)
 class FamilyCase:
-    """A case on a tiny model of ``model_type`` with ``overrides`` (kvperf.families.tiny_config)."""
+    """A case on a tiny model of ``model_type`` with ``overrides`` (kvperf.kv.families.tiny_config)."""
 
     model_type: str
     overrides: tuple[tuple[str, int], ...]

@@ -6,10 +6,10 @@ import json
 import re
 from pathlib import Path
 
-from kvperf.baseline import baseline_from_json
 from kvperf.cli import main
-from kvperf.compare import compare
-from kvperf.render import render_markdown, render_table
+from kvperf.gate.baseline import baseline_from_json
+from kvperf.gate.compare import compare
+from kvperf.gate.render import render_markdown, render_table
 from tests.test_compare import BASE, info, result_json
 
 ANSI = "test_x[\x1b[2J\x1b[31mred\x1b[0m\nverdict: no regression\u202e]"

@@ -6,7 +6,7 @@ import pytest
 
 from kvperf.cli import main
 from kvperf.errors import BadInputError
-from kvperf.report import format_table, load_cases, make_plots, make_tables
+from kvperf.report.experiments import format_table, load_cases, make_plots, make_tables
 
 
 def _case(experiment, cache, new_tokens, e2e_s, batch_size=1, prompt_len=8, dtype="float32"):

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from kvperf.baseline import load_baseline
 from kvperf.cli import main
 from kvperf.errors import BadInputError
+from kvperf.gate.baseline import load_baseline
 from tests.test_compare import BASE, CASE, info, result_json
 from tests.test_report import _case
 
@@ -102,7 +102,7 @@ def test_100k_samples_in_one_case_compare_in_a_couple_of_seconds(tmp_path: Path,
 
 
 def test_json_constants_are_read_but_refused_where_kvperf_reads_a_number(tmp_path: Path):
-    from kvperf.result_file import check_case, read_json
+    from kvperf.gate.result_file import check_case, read_json
 
     path = write(tmp_path / "x.json", '{"a": [NaN, Infinity, -Infinity]}')
     assert read_json(path)["a"][1] == float("inf")  # in a field kvperf does not read, harmless

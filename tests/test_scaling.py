@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from kvperf import UsageError
-from kvperf.scaling import fit_power_law
+from kvperf.report.scaling import fit_power_law
 
 
 def test_recovers_linear_and_quadratic_exponents():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kvperf.selection import Selection, narrowed_by, relative_args
+from kvperf.gate.selection import Selection, narrowed_by, relative_args
 from kvperf.tiers import get_tier
 
 QUICK = get_tier("quick")

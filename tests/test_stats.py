@@ -1,4 +1,4 @@
-"""kvperf.stats: the bootstrap of a median is exact, seeded, and costs the same for 5 samples or 100,000."""
+"""kvperf.gate.stats: the bootstrap of a median is exact, seeded, and costs the same for 5 samples or 100,000."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from collections import Counter
 
 import pytest
 
-from kvperf.stats import median, ratio_interval
+from kvperf.gate.stats import median, ratio_interval
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5])
 def test_the_resampled_median_follows_the_exact_bootstrap_distribution(n):
-    from kvperf.stats import _resampled_median
+    from kvperf.gate.stats import _resampled_median
 
     values = sorted([1.0, 1.5, 2.25, 3.0, 7.0][:n])
     # Every resample with replacement, equally likely: the exact distribution of its median.

@@ -4,7 +4,7 @@
   the cache on, off and static. Equal to the FLOP.
 * KV bytes: the sum of the bytes of the tensors in the cache that ``generate`` returned, and the
   formula. Equal to the byte.
-* CPU peak memory: the allocator's own record (``torch.profiler``, ``kvperf.memory.allocator_peak_bytes``),
+* CPU peak memory: the allocator's own record (``torch.profiler``, ``kvperf.measure.memory.allocator_peak_bytes``),
   for every preset and cache mode. Equal within ``SCRATCH_TOLERANCE_BYTES``.
 * TTFT and TPOT: a hand-written decode loop that carries the cache, in thread CPU time. Within the
   tolerances below.
@@ -28,13 +28,13 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from kvperf.harness import _generate, measure_peak_memory, time_generation
-from kvperf.kv_size import cache_kwarg, returned_cache, spec_kv_cache_bytes
-from kvperf.memory import SCRATCH_TOLERANCE_BYTES, allocator_peak_bytes
+from kvperf.kv.kv_size import cache_kwarg, returned_cache, spec_kv_cache_bytes
+from kvperf.measure.harness import _generate, measure_peak_memory, time_generation
+from kvperf.measure.memory import SCRATCH_TOLERANCE_BYTES, allocator_peak_bytes
+from kvperf.measure.prompts import make_prompts
+from kvperf.measure.work import count_flops, measure_work
 from kvperf.models import PRESETS, load_model
-from kvperf.prompts import make_prompts
 from kvperf.spec import GenerationSpec
-from kvperf.work import count_flops, measure_work
 
 CACHES = ("on", "off", "static")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from kvperf.harness import generate_kwargs
+from kvperf.measure.harness import generate_kwargs
+from kvperf.measure.prompts import make_prompts
+from kvperf.measure.work import count_flops, measure_work
 from kvperf.models import load_model
-from kvperf.prompts import make_prompts
 from kvperf.spec import GenerationSpec
-from kvperf.work import count_flops, measure_work
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ metric; on CUDA, where the allocator's peak can move a little, peak memory gets 
 **Timings** (e2e, TTFT, TPOT, tokens/s) are compared on their raw per-round samples:
 
 1. Rounds during which kvperf's own threads waited for a core more than ``max_cpu_wait`` of the
-   time (5% by default; ``cpu_wait_samples``, see ``kvperf.env.CpuContention``) are left out on both
+   time (5% by default; ``cpu_wait_samples``, see ``kvperf.gate.env.CpuContention``) are left out on both
    sides: another process slowed them, not the code. (A quiet round waits well under 1%; one that
    shares its core with another process 10% to 100%.) With fewer than ``MIN_QUIET_ROUNDS`` quiet rounds on either
    side the metric is ``unchanged`` and flagged ``noisy``: there is too little clean data to judge.
 2. The ratio of the medians of the quiet rounds (current / baseline, as a cost: for tokens/s the
-   inverse) gets a 95% percentile-bootstrap interval (``kvperf.stats``, seeded per case and metric, so
+   inverse) gets a 95% percentile-bootstrap interval (``kvperf.gate.stats``, seeded per case and metric, so
    verdicts are reproducible).
 3. ``regressed`` when the whole interval lies above ``1 + threshold``: the slowdown is larger than the
    threshold *and* that is statistically significant. ``improved`` when it lies below
@@ -24,12 +24,12 @@ metric; on CUDA, where the allocator's peak can move a little, peak memory gets 
 
 **What was compared** is part of the result (``Comparison.case_counts``, ``timing_counts``), and a
 comparison that tested nothing never passes: files with no case in common, or with cases in one file
-only (unless ``allow_partial``), are bad input (``kvperf.case_coverage``); and when timings are gated
+only (unless ``allow_partial``), are bad input (``kvperf.gate.case_coverage``); and when timings are gated
 and not one timing verdict could be tested, the outcome is ``untested`` (``EXIT_UNTESTED``).
 
 The interval covers the round-to-round noise inside a run. It cannot see drift between runs made
 at different times (another VM on the host, frequency, memory placement), which on a shared VM is
-larger than any useful threshold; ``kvperf.ab`` removes that drift by measuring both sides in one
+larger than any useful threshold; ``kvperf.gate.ab`` removes that drift by measuring both sides in one
 run, taking turns round by round, and then compares their files with this same function.
 """
 
@@ -39,12 +39,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from kvperf.baseline import Baseline, CaseKey
-from kvperf.case_coverage import check_coverage, coverage_notes
-from kvperf.env import mismatched_fields, version_changes
 from kvperf.errors import BadInputError, UsageError
-from kvperf.fingerprint import OUTPUT_METRIC, OutputChange, output_changes, output_notes, output_verdict_note
-from kvperf.stats import median, ratio_interval, stable_seed
+from kvperf.gate.baseline import Baseline, CaseKey
+from kvperf.gate.case_coverage import check_coverage, coverage_notes
+from kvperf.gate.env import mismatched_fields, version_changes
+from kvperf.gate.fingerprint import OUTPUT_METRIC, OutputChange, output_changes, output_notes, output_verdict_note
+from kvperf.gate.stats import median, ratio_interval, stable_seed
 
 __all__ = [
     "EXIT_PASS",
@@ -211,7 +211,7 @@ class Comparison:
     new_cases: tuple[CaseKey, ...] = ()
     #: How option names are spelled in messages (``--`` for the CLI, ``--kvperf-`` for pytest).
     flag_prefix: str = "--"
-    #: Cases whose generated token ids changed (``kvperf.fingerprint``), and the library versions that
+    #: Cases whose generated token ids changed (``kvperf.gate.fingerprint``), and the library versions that
     #: differ between the two environments, e.g. ``transformers 4.57.6 -> 5.24.0``.
     output_changes: tuple[OutputChange, ...] = ()
     version_changes: tuple[str, ...] = ()
@@ -409,7 +409,7 @@ def compare(
     (``--`` for the CLI, ``--kvperf-`` for pytest). Raises ``BadInputError`` for environments that
     differ in a field that matters, unless ``allow_env_mismatch``; for files with no case in common;
     and for cases in one file only, unless ``allow_partial``. A case whose generated tokens changed is a
-    note, or with ``gate_output`` a ``regressed`` verdict of the ``output`` metric (``kvperf.fingerprint``).
+    note, or with ``gate_output`` a ``regressed`` verdict of the ``output`` metric (``kvperf.gate.fingerprint``).
     """
     limits = {**default_thresholds(current.environment.device_type), **(thresholds or {})}
     missing, new = check_coverage(baseline, current, allow_partial=allow_partial, flag_prefix=flag_prefix)

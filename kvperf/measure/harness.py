@@ -23,7 +23,7 @@ Why it is built this way:
 * **Warm-up first.** The first call pays for lazy initialisation, kernel selection and allocator
   growth (often 10x a steady call); it is run and thrown away.
 * **Memory in its own pass.** On CPU, peak memory is counted through a dispatch mode that slows every
-  operation (see ``kvperf.memory``), so it is taken in a separate untimed call.
+  operation (see ``kvperf.measure.memory``), so it is taken in a separate untimed call.
 
 Prefill processes the whole prompt in one forward pass and is compute-bound; each decode step
 processes one token per sequence and is bound by reading the weights and the cache, which is why
@@ -42,10 +42,10 @@ import torch
 from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
-from kvperf.fingerprint import output_sha256
-from kvperf.kv_size import measure_cache_bytes, returned_cache
-from kvperf.memory import PeakMemory, measure_peak
-from kvperf.prompts import make_prompts, pad_token_id
+from kvperf.gate.fingerprint import output_sha256
+from kvperf.kv.kv_size import measure_cache_bytes, returned_cache
+from kvperf.measure.memory import PeakMemory, measure_peak
+from kvperf.measure.prompts import make_prompts, pad_token_id
 from kvperf.spec import GenerationSpec
 
 __all__ = [
@@ -122,7 +122,7 @@ class GenerationTiming:
     e2e_cpu_s: float = float("nan")
     ttft_cpu_s: float = float("nan")
     itl_cpu_s: tuple[float, ...] = ()
-    #: SHA-256 of the generated token ids (``kvperf.fingerprint.output_sha256``).
+    #: SHA-256 of the generated token ids (``kvperf.gate.fingerprint.output_sha256``).
     output_sha256: str | None = None
 
 
@@ -143,7 +143,7 @@ class GenerationResult:
     tpot_s: float
     #: Generated tokens per second over the whole call: ``batch_size * new_tokens / e2e_s``.
     tokens_per_s: float
-    #: Peak memory of the call, weights included (see ``kvperf.memory``); -1 when not measured.
+    #: Peak memory of the call, weights included (see ``kvperf.measure.memory``); -1 when not measured.
     peak_memory_bytes: int
     #: Bytes of the key/value tensors the cache holds after generation; 0 with the cache off.
     kv_cache_bytes: int
@@ -154,7 +154,7 @@ class GenerationResult:
     e2e_cpu_s: float = float("nan")
     ttft_cpu_s: float = float("nan")
     tpot_cpu_s: float = float("nan")
-    #: The parts of ``peak_memory_bytes`` (``kvperf.memory.PeakMemory``): the weights, what the call
+    #: The parts of ``peak_memory_bytes`` (``kvperf.measure.memory.PeakMemory``): the weights, what the call
     #: itself had allocated at its peak, and of that the KV cache and everything else. ``None`` when
     #: not measured or not attributable (``peak_memory_note`` says why).
     weights_bytes: int | None = None
@@ -162,7 +162,7 @@ class GenerationResult:
     peak_kv_cache_bytes: int | None = None
     peak_activations_bytes: int | None = None
     peak_memory_note: str | None = None
-    #: SHA-256 of the token ids the timed call generated (``kvperf.fingerprint``): the same in every round
+    #: SHA-256 of the token ids the timed call generated (``kvperf.gate.fingerprint``): the same in every round
     #: of a case in one environment (greedy, seeded), so a comparison can tell when the output changed.
     output_sha256: str | None = None
 
@@ -307,7 +307,7 @@ def time_generation(
 
 def measure_peak_memory(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
                         attention_mask: torch.Tensor) -> PeakMemory:
-    """Peak memory of one untimed generate call for ``spec``, in parts (see ``kvperf.memory``)."""
+    """Peak memory of one untimed generate call for ``spec``, in parts (see ``kvperf.measure.memory``)."""
     _, peak = measure_peak(lambda: _generate(model, spec, input_ids, attention_mask), model)
     return peak
 

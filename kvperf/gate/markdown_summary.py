@@ -8,8 +8,8 @@ limit would be passed, with a line that says how many rows were left out and whe
 
 from __future__ import annotations
 
-from kvperf.compare import Comparison
-from kvperf.render import _md_table, _rows, _summary, render_markdown, scope, verdict_line
+from kvperf.gate.compare import Comparison
+from kvperf.gate.render import _md_table, _rows, _summary, render_markdown, scope, verdict_line
 from kvperf.text import md_code, md_text
 
 __all__ = ["GITHUB_COMMENT_LIMIT", "render_markdown_summary"]

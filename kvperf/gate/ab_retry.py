@@ -1,8 +1,8 @@
 """More rounds for the cases of an A/B run whose timings were too noisy to test, within a time budget.
 
-A timing verdict needs at least ``MIN_QUIET_ROUNDS`` quiet rounds a side (``kvperf.compare``). On a
+A timing verdict needs at least ``MIN_QUIET_ROUNDS`` quiet rounds a side (``kvperf.gate.compare``). On a
 busy machine many cases fall short, and their timings are reported as not tested. Rather than give
-up, ``kvperf ab`` runs those cases again, both sides taking turns as before (``kvperf.ab.run_ab``),
+up, ``kvperf ab`` runs those cases again, both sides taking turns as before (``kvperf.gate.ab.run_ab``),
 and adds the new rounds to the old ones: the comparison then has more rounds to find quiet ones in.
 Both sides get the same extra rounds at the same moments, so the rounds stay paired in time.
 
@@ -31,11 +31,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kvperf.ab import AbRun, SideFailedError
-from kvperf.baseline import CaseKey, baseline_from_json
-from kvperf.compare import Comparison
 from kvperf.errors import KvperfError
-from kvperf.result_file import read_json
+from kvperf.gate.ab import AbRun, SideFailedError
+from kvperf.gate.baseline import CaseKey, baseline_from_json
+from kvperf.gate.compare import Comparison
+from kvperf.gate.result_file import read_json
 
 __all__ = ["MAX_ATTEMPTS", "RETRY_BUDGET_S", "Retries", "deselect_args", "extend_noisy", "merge_rounds",
            "untested_cases"]

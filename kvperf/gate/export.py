@@ -106,7 +106,10 @@ def _bencher(cases: Iterable[Row]) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def export_cases(cases: Iterable[Row], fmt: ExportFormat) -> Any:
-    """The JSON-ready export of ``cases`` (``extra_info`` dicts, checked by ``kvperf.report.load_cases``)."""
+    """The JSON-ready export of ``cases``.
+
+    The cases are ``extra_info`` dicts, checked by ``kvperf.report.experiments.load_cases``.
+    """
     if fmt == "bencher":
         return _bencher(cases)
     return _github(cases, bigger=fmt == "github-bigger")

@@ -15,7 +15,7 @@ import torch
 from transformers import PretrainedConfig
 
 from kvperf.errors import UsageError
-from kvperf.kv_size import KvShape, Quantization, estimate_kv_cache, kv_cache_bytes, quantizable_kv_width
+from kvperf.kv.kv_size import KvShape, Quantization, estimate_kv_cache, kv_cache_bytes, quantizable_kv_width
 from kvperf.models import max_positions
 from kvperf.spec import DTYPES, parse_dtype
 

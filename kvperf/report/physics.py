@@ -3,7 +3,7 @@ while it does less work.
 
 With the cache on, every decode step runs the model on one new token per sequence; with it off, on
 the whole prefix. So cache on never does more FLOPs than cache off for the same batch, prompt, new
-tokens and dtype (``kvperf.work`` counts them exactly). A cache-on case that does is a bug in the
+tokens and dtype (``kvperf.measure.work`` counts them exactly). A cache-on case that does is a bug in the
 cache. A cache-on case that took *longer* than its cache-off twin while doing fewer FLOPs is
 usually a busy machine: when its rounds waited for a core (``cpu_wait``, ``contended``) the
 report says so; when they did not, per-step overhead dominates at that size, and the report says
@@ -22,7 +22,7 @@ __all__ = ["CONTENDED_WAIT", "contended", "contradictions"]
 Row = dict[str, Any]
 
 #: A case whose median round waited for a core longer than this share of its wall time is contended
-#: (the same limit as ``kvperf.compare.MAX_CPU_WAIT``, above which a comparison drops a round).
+#: (the same limit as ``kvperf.gate.compare.MAX_CPU_WAIT``, above which a comparison drops a round).
 CONTENDED_WAIT = 0.05
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kvperf.baseline import Baseline, CaseKey
 from kvperf.errors import BadInputError
+from kvperf.gate.baseline import Baseline, CaseKey
 
 __all__ = ["check_coverage", "coverage_notes"]
 

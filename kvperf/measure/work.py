@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
-from kvperf.harness import forget_static_cache, generate_kwargs
+from kvperf.measure.harness import forget_static_cache, generate_kwargs
 from kvperf.spec import GenerationSpec
 
 __all__ = ["WorkCount", "count_flops", "measure_work"]

@@ -9,8 +9,8 @@ as such ("timings: 12 of 96 tested, 84 too noisy"). Names from the files are esc
 
 from __future__ import annotations
 
-from kvperf.compare import METRICS, Comparison, Verdict
-from kvperf.fingerprint import OUTPUT_METRIC
+from kvperf.gate.compare import METRICS, Comparison, Verdict
+from kvperf.gate.fingerprint import OUTPUT_METRIC
 from kvperf.text import md_code, md_text, terminal_safe
 
 __all__ = ["render_markdown", "render_table", "scope", "verdict_line"]

@@ -392,7 +392,7 @@ def _state(c: Any, model_type: str, layer: dict[str, int], where: str) -> State:
         width = _need(c, where, "cca_time0") - 1 + _need(c, where, "cca_time1") - 1
         return (heads + layer["key_heads"]) * dim * width, layer["key_heads"] * dim // 2, 0, 0
     raise UsageError(f"kvperf does not know the conv and recurrent state shapes of the {where}: its "
-                     "linear-attention layers are not in kvperf's table (kvperf/kv_layers.py)")
+                     "linear-attention layers are not in kvperf's table (kvperf/kv/kv_layers.py)")
 
 
 def _read(config: PretrainedConfig) -> KvShape:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kvperf.baseline import Baseline, CaseKey
+from kvperf.gate.baseline import Baseline, CaseKey
 
 if TYPE_CHECKING:
     import torch

@@ -1,7 +1,7 @@
 """Small random configs of six attention families, drawn by the hypothesis properties.
 
 One frozen description (``SmallConfig``) covers six families of plain attention (every causal-LM
-family of transformers has a tiny config in ``kvperf.families``):
+family of transformers has a tiny config in ``kvperf.kv.families``):
 
 * ``gpt2``: GPT-2 style names (``n_layer``, ``n_head``, ``n_embd``), one KV head per query head.
 * ``llama``: grouped-query attention with an explicit ``head_dim`` that differs from

@@ -21,7 +21,7 @@ The git commit and the dirty flag never matter: they are what a comparison is ab
 ``CpuContention`` measures, around one timed round, how long this process waited for a core and how
 much CPU other processes used meanwhile (Linux; see the class). On a shared runner another process
 can make a round ten times slower; such a round says nothing about the code, and the comparison
-leaves it out (see ``kvperf.compare``).
+leaves it out (see ``kvperf.gate.compare``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ K and V are two tensors of ``(B, H, positions, D)`` per layer. Per layer, transf
 * **quantized, fp8 backend**: every position in ``float8_e4m3fn`` plus one float32 scale per
   tensor, no residual: ``2·(B·H·S·D + 4)``.
 
-Layers of other types (``kvperf.kv_layers`` reads them from the config, layer by layer):
+Layers of other types (``kvperf.kv.kv_layers`` reads them from the config, layer by layer):
 
 * **keys and values of their own widths**: ``B·positions·(Hk·Dk + Hv·Dv)·s``. Multi-head latent
   attention (DeepSeek-V2/V3, MiniCPM3, Kimi, ...) caches, as transformers 5.24 does, the compressed
@@ -61,7 +61,7 @@ from transformers import PretrainedConfig
 
 from kvperf.errors import UsageError
 from kvperf.features import quanto_residual_cycle
-from kvperf.kv_layers import KvShape, LayerShape
+from kvperf.kv.kv_layers import KvShape, LayerShape
 from kvperf.spec import GenerationSpec, parse_dtype
 
 __all__ = [

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from kvperf.errors import BadInputError
-from kvperf.physics import CONTENDED_WAIT, contended, contradictions
-from kvperf.plots import make_plots
-from kvperf.result_file import REPORT_FIELDS, check_case, check_schema, read_json
-from kvperf.scaling import fit_power_law
+from kvperf.gate.result_file import REPORT_FIELDS, check_case, check_schema, read_json
+from kvperf.report.physics import CONTENDED_WAIT, contended, contradictions
+from kvperf.report.plots import make_plots
+from kvperf.report.scaling import fit_power_law
 from kvperf.tiers import ordered_experiments
 
 __all__ = ["Table", "format_table", "load_cases", "make_plots", "make_tables"]
@@ -52,7 +52,7 @@ def format_table(table: Table, fmt: str = "text") -> str:
 
 def load_cases(paths: Iterable[str | Path]) -> list[Row]:
     """The ``extra_info`` of every kvperf benchmark in the given pytest-benchmark JSON files, each
-    checked (``kvperf.result_file``): the schema version this kvperf reads, and every field a table or
+    checked (``kvperf.gate.result_file``): the schema version this kvperf reads, and every field a table or
     a plot reads, with its type. ``BadInputError`` naming the file, the case and the fix otherwise."""
     cases: list[Row] = []
     for path in paths:

@@ -8,7 +8,7 @@ the two sides may run different kvperf, transformers or torch), run the same ben
 turns, one round at a time: baseline round 1 of a case, current round 1, baseline round 2, current
 round 2, and so on. Both sides' rounds of a case are measured in the same fraction of a second,
 under the same machine conditions, and every round follows a round of the other side, so neither
-side runs with warmer caches. Then ``kvperf.compare`` judges the two result files as usual.
+side runs with warmer caches. Then ``kvperf.gate.compare`` judges the two result files as usual.
 
 The turns are a baton passed through two pipes per side. ``kvperf ab`` (``run_ab``) starts both
 sessions with ``KVPERF_AB_TURNS=<read fd>,<write fd>`` in their environment; kvperf's pytest plugin
@@ -33,8 +33,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvperf.baseline import probe_write
 from kvperf.errors import KvperfError, UsageError
+from kvperf.gate.baseline import probe_write
 
 __all__ = ["ENV_VAR", "FIXED_MALLOC", "OUTPUTS", "AbRun", "Side", "SideFailedError", "Turns", "default_cpus",
            "parse_cpus", "parse_env_items", "prepare_out", "run_ab"]
@@ -51,7 +51,7 @@ _ASK, _GO, _DONE = b"?", b"!", b"."
 FIXED_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
-#: What an A/B run writes into its ``--out`` directory (``retries`` holds ``kvperf.ab_retry``'s attempts).
+#: What an A/B run writes into its ``--out`` directory (``retries`` holds ``kvperf.gate.ab_retry``'s attempts).
 OUTPUTS = ("baseline.json", "current.json", "baseline.log", "current.log", "comparison.md", "retries")
 
 

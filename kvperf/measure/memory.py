@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from kvperf.kv_size import cache_tensors, returned_cache
+from kvperf.kv.kv_size import cache_tensors, returned_cache
 
 __all__ = [
     "SCRATCH_TOLERANCE_BYTES",

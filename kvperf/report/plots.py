@@ -5,8 +5,8 @@ should not be trusted.
 * Each point is the median of the case's rounds; its bar spans the fastest to the slowest round.
 * Cache mode is a line style *and* a marker (on: solid, static: dotted, off: dashed); dtype is a
   colour, the same in every panel.
-* Power-law fits (``kvperf.scaling``) are drawn as thin lines, with their exponents in the legend.
-* A case whose rounds waited for a core (``kvperf.physics.contended``) is circled in red.
+* Power-law fits (``kvperf.report.scaling``) are drawn as thin lines, with their exponents in the legend.
+* A case whose rounds waited for a core (``kvperf.report.physics.contended``) is circled in red.
 
 Needs matplotlib (``pip install 'kvperf[plot]'``).
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kvperf.errors import UsageError
-from kvperf.physics import contended
-from kvperf.scaling import fit_power_law
+from kvperf.report.physics import contended
+from kvperf.report.scaling import fit_power_law
 
 __all__ = ["make_plots"]
 

@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kvperf.env import Environment
 from kvperf.errors import BadInputError
+from kvperf.gate.env import Environment
 
 __all__ = [
     "REPORT_FIELDS",
@@ -56,7 +56,7 @@ _COUNTS = ("batch_size", "prompt_len", "new_tokens", "generated_tokens", "rounds
 #: Finite numbers of at least 0.
 _AMOUNTS = ("flops", "flops_per_token", "prefill_flops", "decode_flops_per_token")
 _TEXTS = ("model", "cache", "dtype", "device", "experiment")
-#: Per-round CPU contention (``kvperf.env.CpuContention``): finite numbers of at least 0, or null.
+#: Per-round CPU contention (``kvperf.gate.env.CpuContention``): finite numbers of at least 0, or null.
 _CONTENTION = ("cpu_wait_samples", "cpu_others_samples")
 
 #: What ``kvperf report`` needs in every case (``check_case(required=...)``).
@@ -102,8 +102,8 @@ def _truncated(text: str, exc: json.JSONDecodeError) -> bool:
 
 
 def _supported_schema() -> int:
-    # Imported here: kvperf.bench pulls in torch, which `kvperf compare` never needs otherwise.
-    from kvperf.bench import SCHEMA_VERSION
+    # Imported here: kvperf.measure.bench pulls in torch, which `kvperf compare` never needs otherwise.
+    from kvperf.measure.bench import SCHEMA_VERSION
 
     return SCHEMA_VERSION
 

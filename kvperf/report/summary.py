@@ -14,8 +14,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from kvperf.physics import CONTENDED_WAIT, contended
-from kvperf.report import Table, format_table
+from kvperf.report.experiments import Table, format_table
+from kvperf.report.physics import CONTENDED_WAIT, contended
 from kvperf.tiers import ordered_experiments
 
 __all__ = ["summary_tables", "write_summary"]

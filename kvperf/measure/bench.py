@@ -15,13 +15,19 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from kvperf.env import Contention, CpuContention
 from kvperf.errors import UsageError
-from kvperf.harness import GenerationResult, GenerationTiming, measure_peak_memory, result_from_timing, time_generation
-from kvperf.kv_size import spec_kv_cache_bytes
-from kvperf.prompts import make_prompts
+from kvperf.gate.env import Contention, CpuContention
+from kvperf.kv.kv_size import spec_kv_cache_bytes
+from kvperf.measure.harness import (
+    GenerationResult,
+    GenerationTiming,
+    measure_peak_memory,
+    result_from_timing,
+    time_generation,
+)
+from kvperf.measure.prompts import make_prompts
+from kvperf.measure.work import measure_work
 from kvperf.spec import GenerationSpec
-from kvperf.work import measure_work
 
 __all__ = ["SCHEMA_VERSION", "benchmark_generation", "extra_info"]
 
@@ -43,16 +49,16 @@ def benchmark_generation(
     before_round: Callable[[], None] | None = None,
 ) -> list[GenerationResult]:
     """Time ``spec`` with ``benchmark.pedantic`` (one generate call per round, after warm-up rounds),
-    then measure peak memory and count FLOPs (``kvperf.work``) in untimed calls. Returns one result
+    then measure peak memory and count FLOPs (``kvperf.measure.work``) in untimed calls. Returns one result
     per timed round.
 
     Also writes to ``benchmark.extra_info`` what the results don't carry: the FLOP counts, and
     ``cpu_wait_samples`` and ``cpu_others_samples``, the CPU contention of every timed round
-    (``kvperf.env.CpuContention``), which let a comparison leave out rounds that another process
+    (``kvperf.gate.env.CpuContention``), which let a comparison leave out rounds that another process
     slowed down.
 
     ``before_round`` runs, untimed, before every round (warm-up ones too): ``kvperf ab`` passes the
-    turn to the other side there (``kvperf.ab.Turns.pass_turn``)."""
+    turn to the other side there (``kvperf.gate.ab.Turns.pass_turn``)."""
     input_ids, attention_mask = make_prompts(model, spec)
     timings: list[GenerationTiming] = []
     contention: list[Contention] = []
@@ -94,7 +100,7 @@ def extra_info(results: list[GenerationResult], **context: Any) -> dict[str, Any
     for key in SAMPLED_FIELDS:
         info[f"{key}_samples"] = [s[key] for s in summaries]
     # The output hash of the first round is the case's; how many the rounds produced says whether it is
-    # deterministic here (kvperf.fingerprint).
+    # deterministic here (kvperf.gate.fingerprint).
     info["output_sha256_distinct"] = len({r.output_sha256 for r in results})
     info["itl_s"] = [list(r.itl_s) for r in results]
     info["rounds"] = len(results)

@@ -3,11 +3,11 @@
 A baseline is exactly the JSON that pytest-benchmark writes (``--benchmark-json``), so that
 ``pytest-benchmark compare FILE`` still reads it, with two additions made by kvperf's plugin:
 
-* ``machine_info["kvperf"]``: the environment fingerprint (``kvperf.env.Environment``) with its key;
+* ``machine_info["kvperf"]``: the environment fingerprint (``kvperf.gate.env.Environment``) with its key;
 * ``"kvperf": {"schema": N}`` at the top level, the version of kvperf's layout, and in every kvperf
-  benchmark ``extra_info["kvperf_schema"]`` (see ``kvperf.bench``);
+  benchmark ``extra_info["kvperf_schema"]`` (see ``kvperf.measure.bench``);
 * at the top level too: ``kvperf_subset`` and ``kvperf_selection``, whether and how the run's options
-  narrowed its tier (``kvperf.selection``), and ``kvperf_skipped_cases``, the cases the run selected
+  narrowed its tier (``kvperf.gate.selection``), and ``kvperf_skipped_cases``, the cases the run selected
   but skipped (out of memory, no GPU), each with its ``name``, ``model`` and ``reason``.
 
 Baselines live under ``baselines/<environment key>/<tier>.json``, so that a run finds the baseline
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvperf.env import Environment
 from kvperf.errors import BadInputError
-from kvperf.result_file import check_case, check_environment, check_schema, read_json
+from kvperf.gate.env import Environment
+from kvperf.gate.result_file import check_case, check_environment, check_schema, read_json
 
 __all__ = [
     "BASELINE_DIR",
@@ -84,7 +84,7 @@ class Baseline:
     foreign_benchmarks: int = 0
     #: ``kvperf_subset``: the run's options narrowed its tier; None in a file that does not say.
     subset: bool | None = None
-    #: ``kvperf_selection``: the run's case-selecting options (``kvperf.selection.Selection.to_json``).
+    #: ``kvperf_selection``: the run's case-selecting options (``kvperf.gate.selection.Selection.to_json``).
     selection: dict[str, Any] | None = None
     #: ``kvperf_skipped_cases``: cases the run selected but skipped, e.g. out of memory.
     skipped_cases: tuple[SkippedCase, ...] = ()

@@ -206,7 +206,7 @@ def tiny_config(model_type: str, **overrides: Any) -> PretrainedConfig:
     except ValueError as exc:
         if model_type not in _OVERRIDES:
             raise UsageError(f"unknown model_type {model_type!r} ({' '.join(str(exc).split())[:120]}): use one of "
-                             "kvperf.families.causal_lm_types()") from None
+                             "kvperf.kv.families.causal_lm_types()") from None
         default = AutoConfig.for_model(model_type, **settings)  # a default that does not build on its own
     kwargs = _small_kwargs(default, repeat)
     # A causal LM decodes: BERT-style families (bert, roberta, electra, ...) attend both ways unless
