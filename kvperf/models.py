@@ -21,22 +21,17 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
-from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    GPT2Config,
-    LlamaConfig,
-    PretrainedConfig,
-    PreTrainedModel,
-)
-from transformers.pytorch_utils import Conv1D
 
 from kvperf.errors import ModelNotAvailableError, UsageError
 from kvperf.spec import parse_dtype
+
+if TYPE_CHECKING:  # transformers' modeling code costs seconds of imports: `kvperf kv-size` needs one config
+    from torch import nn
+    from transformers import PretrainedConfig, PreTrainedModel
 
 __all__ = ["PRESETS", "Preset", "init_weights", "load_config", "load_model", "max_positions"]
 
@@ -51,17 +46,23 @@ class Preset:
 
 
 def _tiny_gpt2() -> PretrainedConfig:
+    from transformers import GPT2Config
+
     return GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1024, n_positions=512,
                       bos_token_id=0, eos_token_id=0)
 
 
 def _distilgpt2() -> PretrainedConfig:
+    from transformers import GPT2Config
+
     # The exact shape of distilgpt2 (81.9M parameters with the tied LM head).
     return GPT2Config(n_layer=6, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024,
                       bos_token_id=50256, eos_token_id=50256)
 
 
 def _tiny_llama_gqa() -> PretrainedConfig:
+    from transformers import LlamaConfig
+
     # Grouped-query attention: 8 query heads share 2 key/value heads (4 queries per KV head).
     return LlamaConfig(num_hidden_layers=2, hidden_size=128, intermediate_size=256,
                        num_attention_heads=8, num_key_value_heads=2, head_dim=16, vocab_size=1024,
@@ -86,6 +87,8 @@ def _preset_list() -> str:
 
 def load_config(name: str, *, trust_remote_code: bool = False) -> PretrainedConfig:
     """The config of a preset, a local model directory, a ``config.json`` path, or a cached hub id."""
+    from transformers import AutoConfig
+
     if name in PRESETS:
         return PRESETS[name].make_config()
     path = Path(name)
@@ -124,6 +127,9 @@ def init_weights(model: nn.Module, seed: int = 0, gain: float = 2.0) -> None:
     Parameters are visited by name in sorted order, so the same model class, config and seed give
     bit-identical weights. See the module docstring for why the scales differ from transformers'.
     """
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
     generator = torch.Generator().manual_seed(seed)
     fan_in: dict[str, int] = {}
     for mod_name, module in model.named_modules():
@@ -161,6 +167,8 @@ def load_model(
     the local cache (or downloadable when ``HF_HUB_OFFLINE`` is not set). Remote code is executed
     only with ``trust_remote_code=True``. Loading is never part of a timing.
     """
+    from transformers import AutoModelForCausalLM
+
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
     torch_device = _parse_device(device)
     if name in PRESETS:

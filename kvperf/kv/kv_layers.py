@@ -31,7 +31,7 @@ from transformers import PretrainedConfig
 
 from kvperf.errors import UsageError
 
-__all__ = ["KvShape", "LayerShape"]
+__all__ = ["STANDARD_CACHE_FAMILIES", "KvShape", "LayerShape", "check_model_class"]
 
 _WINDOW_ATTRS = {"sliding_attention": "sliding_window", "chunked_attention": "attention_chunk_size",
                  "hybrid_sliding": "sliding_window"}
@@ -208,9 +208,23 @@ _OWN_CACHE = {
 }
 
 
+#: Families whose causal LM takes a transformers Cache (the default dynamic cache, and a cache argument
+#: to ``forward``) on every supported release. Their model class is not imported to check it: that
+#: imports transformers' modeling code, seconds that ``kvperf kv-size`` of a preset needs not wait for
+#: (``tests/test_plugin_startup.py`` checks each family against the class transformers builds).
+STANDARD_CACHE_FAMILIES = frozenset({"gpt2", "llama", "mistral", "qwen2"})
+
+
 def _refuse_special(config: PretrainedConfig, text: PretrainedConfig, model_type: str, where: str) -> None:
     if model_type in _REFUSED:
         raise UsageError(f"kvperf cannot size the cache of the {where}: {_REFUSED[model_type]}")
+    if text is config and model_type in STANDARD_CACHE_FAMILIES:
+        return
+    check_model_class(config, text, model_type, where)
+
+
+def check_model_class(config: PretrainedConfig, text: PretrainedConfig, model_type: str, where: str) -> None:
+    """Refuse a family whose causal LM keeps no transformers Cache, from the class transformers builds."""
     cls = _model_class(config) or _model_class(text)
     if cls is None:
         if getattr(config, "is_encoder_decoder", False):
@@ -415,7 +429,9 @@ def _read(config: PretrainedConfig) -> KvShape:
         raise UsageError(f"cannot read the layer count from the {where}: it needs a positive num_hidden_layers "
                          "(or n_layer, num_layers, decoder_layers)")
     types = _layer_types(text, layers, where)
-    latent = _caches_latent(config, text)
+    # Only multi-head latent attention asks the model class (an import of its modeling code).
+    latent = any(_int_attr(_layer_config(text, i), "kv_lora_rank") is not None for i in range(layers)) \
+        and _caches_latent(config, text)
     shapes = []
     for index, layer_type in enumerate(types):
         c = _layer_config(text, index)
