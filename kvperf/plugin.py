@@ -238,8 +238,8 @@ def _check_ab_pipes(raw: str) -> None:
 CONFIG_KEY = pytest.StashKey["KvperfConfig"]()
 _TURNS_KEY = pytest.StashKey[Turns]()
 _PROGRESS_KEY = pytest.StashKey[SessionProgress]()
-#: Token positions of the planned cases' calls (``pytest_collection_finish``).
-_PLANNED_KEY = pytest.StashKey[int]()
+#: The planned cases, by test name (``pytest_collection_finish``), for the run's estimate.
+_PLANNED_KEY = pytest.StashKey["list[tuple[str, Case]]"]()
 #: Cases whose rounds the budget lowered: name -> (rounds run, rounds of the tier, one call's seconds).
 BUDGETED_KEY = pytest.StashKey["dict[str, tuple[int, int, float]]"]()
 _MODELS_KEY = pytest.StashKey["dict[tuple[str, str, str], PreTrainedModel]"]()
@@ -336,19 +336,22 @@ def _calls_per_case(cfg: KvperfConfig) -> int:
     return cfg.tier.warmup_rounds + cfg.tier.rounds + 2
 
 
-def _planned(items: list[pytest.Item]) -> list[tuple[str, int]] | None:
-    """Name and positions per call of every kvperf case, when all are known before the run (a
+def _planned(items: list[pytest.Item]) -> list[tuple[str, Case]] | None:
+    """Name and case of every kvperf case that will run, when all are known before the run (a
     ``kvperf_bench`` test with a spec of its own is known only when it runs)."""
     planned = []
     for item in items:
-        if "kvperf_bench" not in getattr(item, "fixturenames", ()):
+        if "kvperf_bench" not in getattr(item, "fixturenames", ()) or item.get_closest_marker("skip"):
             continue
         case = getattr(getattr(item, "callspec", None), "params", {}).get("kvperf_case")
         if not isinstance(case, Case):
             return None
-        spec = case.spec
-        planned.append((item.name, positions(spec.batch_size, spec.prompt_len, spec.new_tokens, spec.cache)))
+        planned.append((item.name, case))
     return planned or None
+
+
+def _positions(spec: GenerationSpec) -> int:
+    return positions(spec.batch_size, spec.prompt_len, spec.new_tokens, spec.cache)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -358,21 +361,45 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if planned is None or config.getoption("kvperf_progress") == "none":
         return
     calls = _calls_per_case(kvperf_config_of(config))
-    config.stash[_PLANNED_KEY] = sum(p for _, p in planned) * calls
+    config.stash[_PLANNED_KEY] = planned
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.ensure_newline()
-        reporter.write_line(plan_line(planned, calls))
+        reporter.write_line(plan_line([(name, _positions(case.spec)) for name, case in planned], calls))
 
 
-def _session_progress(request: pytest.FixtureRequest) -> SessionProgress:
+def _session_progress(request: pytest.FixtureRequest, models: Callable[[str], PreTrainedModel]) -> SessionProgress:
     config = request.config
     if _PROGRESS_KEY not in config.stash:
         total = sum("kvperf_bench" in getattr(item, "fixturenames", ()) for item in request.session.items)
-        config.stash[_PROGRESS_KEY] = SessionProgress(total_cases=max(total, 1), write=_writer(config),
-                                                      mode=config.getoption("kvperf_progress"),
-                                                      total_positions=config.stash.get(_PLANNED_KEY, None))
+        progress = SessionProgress(total_cases=max(total, 1), write=_writer(config),
+                                   mode=config.getoption("kvperf_progress"))
+        config.stash[_PROGRESS_KEY] = progress
+        planned = config.stash.get(_PLANNED_KEY, None)
+        if planned is not None and progress.mode != "none":
+            _estimate(progress, planned, models, kvperf_config_of(config))
     return config.stash[_PROGRESS_KEY]
+
+
+def _estimate(progress: SessionProgress, planned: list[tuple[str, Case]], models: Callable[[str], PreTrainedModel],
+              cfg: KvperfConfig) -> None:
+    """Estimate the run before its first case (``kvperf.measure.cost``) and say so."""
+    from kvperf.measure.cost import estimate_line, estimated_call_flops, estimated_call_s, measure_rates, model_work
+    from kvperf.models import max_positions
+
+    calls = _calls_per_case(cfg)
+    rates, flops = {}, 0
+    for dtype in dict.fromkeys(case.dtype for _, case in planned):
+        model = models(dtype)
+        work = model_work(model)
+        rates[dtype] = measure_rates(model, work, max_positions(model.config))
+        for name, case in planned:
+            if case.dtype == dtype:
+                progress.estimated_call_s[name] = estimated_call_s(work, rates[dtype], case.spec)
+                flops += estimated_call_flops(work, case.spec) * calls
+    progress.estimated_total_s = sum(progress.estimated_call_s.values()) * calls
+    progress.write(estimate_line(progress.estimated_total_s, len(planned), len(planned) * calls, flops, cfg.model,
+                                 rates))
 
 
 @pytest.fixture
@@ -399,8 +426,9 @@ def kvperf_bench(
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             _forget(pytestconfig, benchmark)
             _skip_without_gpu(device)
-        progress = _session_progress(request).case(request.node.name)
+        progress = _session_progress(request, kvperf_model).case(request.node.name)
         rounds, warmup = kvperf_config.tier.rounds, kvperf_config.tier.warmup_rounds
+        call_estimate_s = progress.session.estimated_call_s.get(request.node.name, 0.0)
 
         def before_round() -> None:
             progress.before_round()
@@ -414,19 +442,15 @@ def kvperf_bench(
                 _check_fits(model, case.spec, kvperf_config.model)
                 rounds, warmup, call_s, note = _within_budget(pytestconfig, model, case.spec, rounds, warmup)
                 session = progress.session
-                if session.total_positions is not None and rounds < kvperf_config.tier.rounds:
-                    spec = case.spec  # rounds the budget took away are no longer ahead
-                    session.total_positions -= (kvperf_config.tier.rounds - rounds) * positions(
-                        spec.batch_size, spec.prompt_len, spec.new_tokens, spec.cache)
+                if session.estimated_total_s is not None:  # rounds the budget took away are no longer ahead
+                    session.estimated_total_s -= (kvperf_config.tier.rounds - rounds) * call_estimate_s
                 progress.plan(rounds, warmup, call_s, note)
                 results = benchmark_generation(benchmark, model, case.spec, rounds=rounds, warmup_rounds=warmup,
                                                before_round=before_round)
         except OutOfMemoryError as exc:
             _forget(pytestconfig, benchmark)
             pytest.skip(str(exc))
-        spec = case.spec
-        progress.done(positions(spec.batch_size, spec.prompt_len, spec.new_tokens, spec.cache)
-                      * (warmup + rounds + 2 + (call_s is not None)))
+        progress.done(call_estimate_s * (warmup + rounds + 2 + (call_s is not None)))
         if rounds < kvperf_config.tier.rounds and call_s is not None:
             pytestconfig.stash.setdefault(BUDGETED_KEY, {})[request.node.name] = (
                 rounds, kvperf_config.tier.rounds, call_s)

@@ -89,7 +89,7 @@ def test_the_cpu_tier_runs_the_full_tier_s_sizes_on_a_model_that_fits_them():
     assert cpu.cpu_threads == 1 and cpu.model == "tiny-llama-gqa"
 
 
-def test_the_run_is_sized_before_it_starts_and_the_eta_follows_the_rate_of_positions(pytester: pytest.Pytester):
+def test_the_run_is_estimated_before_it_starts_and_the_eta_scales_the_estimate(pytester: pytest.Pytester):
     pytester.makepyfile(test_first="""
 import pytest
 
@@ -104,17 +104,23 @@ def test_length(kvperf_case, kvperf_bench):
     share = positions(1, 8, 128, "off") * 4 / planned
     result.stdout.fnmatch_lines([
         f"kvperf: 10 case(s), 40 generate calls, {planned / 1e6:.3g} M token positions through the model; the largest "
-        f"case, test_length[[]cache=off-bs=1-prompt=8-new=128-fp32], is {share:.0%} of them; the ETA follows from the "
-        "rate of the first cases",
-        "kvperf [[]1/10] test_length[[]cache=on-*]: done in *; about * left for 9 case(s) (at the * positions/s of "
-        "the 1 so far)"])
+        f"case, test_length[[]cache=off-bs=1-prompt=8-new=128-fp32], is {share:.0%} of them; the time is estimated "
+        "when the model is loaded",
+        "kvperf: estimated * for 10 case(s): 40 generate calls, * GFLOP by formula, at the rates of tiny-gpt2 measured "
+        "just now in * (float32: * ms a step); the ETA refines as cases end",
+        "kvperf [[]1/10] test_length[[]cache=on-*]: done in *; about * left for 9 case(s) (their estimate, *, x*: the "
+        "1 so far took *x theirs)"])
 
 
 def test_positions_through_the_model():
     assert positions(2, 10, 4, "on") == 2 * (10 + 3)  # the prompt once, then one position a step
     assert positions(2, 10, 4, "static") == 26
     assert positions(2, 10, 4, "off") == 2 * (10 + 11 + 12 + 13)  # the whole prefix at every step
+
+
+def test_the_session_eta_is_the_estimate_left_scaled_by_the_cases_so_far():
     lines: list[str] = []
-    session = SessionProgress(total_cases=3, write=lines.append, case_times_s=[2.0], total_positions=3000,
-                              done_positions=1000)
-    assert session.eta() == "; about 4.0 s left for 2 case(s) (at the 500 positions/s of the 1 so far)"
+    session = SessionProgress(total_cases=3, write=lines.append, case_times_s=[2.0], estimated_total_s=30.0,
+                              estimated_done_s=10.0)
+    assert session.eta() == ("; about 4.0 s left for 2 case(s) (their estimate, 20 s, x0.20: the 1 so far took "
+                             "0.20x theirs)")

@@ -2,8 +2,11 @@
 
 A case of the full tier on a CPU can take many minutes (cache off, 500 new tokens: one call of
 distilgpt2 took 710 s on a 2-vCPU VM), and pytest prints nothing until it ends. So kvperf says, per
-case and per round, how far it is and how long the rest should take. The ETA is measured, not
-modelled: the mean wall time of the rounds (or cases) so far, times the ones left; it says which.
+case and per round, how far it is and how long the rest should take. Before the first case it
+estimates the whole run (``kvperf.measure.cost``: FLOPs by formula, at rates measured on the loaded
+model); as cases end, the session's ETA is the estimate of the cases left, scaled by how the cases so
+far ran against theirs. Without an estimate (a test with a spec of its own) it is the mean case time
+so far times the cases left; the line says which. Within a case, the ETA is the mean of its rounds.
 
 ``--kvperf-case-budget-s`` caps the time of one case: kvperf times the case's first warm-up call and
 runs as many timed rounds as fit in the budget (at least one), and says so. Fewer rounds than
@@ -43,7 +46,7 @@ def positions(batch_size: int, prompt_len: int, new_tokens: int, cache: str) -> 
     """Token positions one ``generate`` call runs through the model: with a cache, the prompt once and
     then one position per step; without, the whole prefix at every step. The work of a call is
     nearly proportional to it (attention adds a term in the context length), so it sizes a run before
-    it starts, and its rate (positions per second so far) gives the ETA."""
+    it starts (and ``kvperf.measure.cost`` turns it into FLOPs)."""
     if cache == "off":
         return batch_size * (new_tokens * prompt_len + new_tokens * (new_tokens - 1) // 2)
     return batch_size * (prompt_len + new_tokens - 1)
@@ -55,7 +58,7 @@ def plan_line(cases: list[tuple[str, int]], calls_per_case: int) -> str:
     name, largest = max(cases, key=lambda c: c[1])
     return (f"kvperf: {len(cases)} case(s), {len(cases) * calls_per_case} generate calls, {total / 1e6:.3g} M token "
             f"positions through the model; the largest case, {name}, is {largest * calls_per_case / total:.0%} of "
-            "them; the ETA follows from the rate of the first cases")
+            "them; the time is estimated when the model is loaded")
 
 
 def rounds_within(budget_s: float, call_s: float, rounds: int, warmup_left: int) -> int:
@@ -77,9 +80,11 @@ class SessionProgress:
     mode: ProgressMode = "auto"
     case_times_s: list[float] = field(default_factory=list)
     started_s: float = field(default_factory=time.perf_counter)
-    #: Token positions of the whole run (``positions`` of every planned case), when known before it.
-    total_positions: int | None = None
-    done_positions: int = 0
+    #: Estimated seconds of one call of each planned case (``kvperf.measure.cost``), when known.
+    estimated_call_s: dict[str, float] = field(default_factory=dict)
+    #: Estimated seconds of the whole run, and of the cases done so far.
+    estimated_total_s: float | None = None
+    estimated_done_s: float = 0.0
 
     def eta(self) -> str:
         done = len(self.case_times_s)
@@ -87,10 +92,11 @@ class SessionProgress:
         if not done or left <= 0:
             return ""
         spent = sum(self.case_times_s)
-        if self.total_positions and self.done_positions:
-            rate = self.done_positions / spent
-            return (f"; about {format_duration((self.total_positions - self.done_positions) / rate)} left for {left} "
-                    f"case(s) (at the {rate:,.0f} positions/s of the {done} so far)")
+        if self.estimated_total_s is not None and self.estimated_done_s > 0:
+            scale = spent / self.estimated_done_s
+            estimate = max(0.0, self.estimated_total_s - self.estimated_done_s)
+            return (f"; about {format_duration(estimate * scale)} left for {left} case(s) (their estimate, "
+                    f"{format_duration(estimate)}, x{scale:.2f}: the {done} so far took {scale:.2f}x theirs)")
         return f"; about {format_duration(spent / done * left)} left for {left} case(s) (mean of the {done} so far)"
 
     def case(self, name: str) -> CaseProgress:
@@ -149,10 +155,10 @@ class CaseProgress:
         self._say(f"round {done}/{self.rounds} took {format_duration(seconds)}; about {format_duration(mean * left)} "
                   "left in this case")
 
-    def done(self, positions: int = 0) -> None:
-        """The case ended (its last round, then the untimed peak-memory and FLOP-count calls); it ran
-        ``positions`` token positions in all."""
+    def done(self, estimated_s: float = 0.0) -> None:
+        """The case ended (its last round, then the untimed peak-memory and FLOP-count calls); its calls
+        were estimated at ``estimated_s`` in all (0: no estimate)."""
         elapsed = time.perf_counter() - self.started_s
         self.session.case_times_s.append(elapsed)
-        self.session.done_positions += positions
+        self.session.estimated_done_s += estimated_s
         self._say(f"done in {format_duration(elapsed)}{self.session.eta()}")
