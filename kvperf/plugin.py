@@ -384,7 +384,14 @@ def _session_progress(request: pytest.FixtureRequest, models: Callable[[str], Pr
 def _estimate(progress: SessionProgress, planned: list[tuple[str, Case]], models: Callable[[str], PreTrainedModel],
               cfg: KvperfConfig) -> None:
     """Estimate the run before its first case (``kvperf.measure.cost``) and say so."""
-    from kvperf.measure.cost import estimate_line, estimated_call_flops, estimated_call_s, measure_rates, model_work
+    from kvperf.measure.cost import (
+        estimate_line,
+        estimated_call_flops,
+        estimated_call_s,
+        estimated_case_s,
+        measure_rates,
+        model_work,
+    )
     from kvperf.models import max_positions
 
     calls = _calls_per_case(cfg)
@@ -396,8 +403,9 @@ def _estimate(progress: SessionProgress, planned: list[tuple[str, Case]], models
         for name, case in planned:
             if case.dtype == dtype:
                 progress.estimated_call_s[name] = estimated_call_s(work, rates[dtype], case.spec)
+                progress.estimated_case_s[name] = estimated_case_s(work, rates[dtype], case.spec, calls - 2)
                 flops += estimated_call_flops(work, case.spec) * calls
-    progress.estimated_total_s = sum(progress.estimated_call_s.values()) * calls
+    progress.estimated_total_s = sum(progress.estimated_case_s.values())
     progress.write(estimate_line(progress.estimated_total_s, len(planned), len(planned) * calls, flops, cfg.model,
                                  rates))
 
@@ -428,7 +436,9 @@ def kvperf_bench(
             _skip_without_gpu(device)
         progress = _session_progress(request, kvperf_model).case(request.node.name)
         rounds, warmup = kvperf_config.tier.rounds, kvperf_config.tier.warmup_rounds
+        tier_calls = rounds + warmup
         call_estimate_s = progress.session.estimated_call_s.get(request.node.name, 0.0)
+        case_estimate_s = progress.session.estimated_case_s.get(request.node.name, 0.0)
 
         def before_round() -> None:
             progress.before_round()
@@ -442,15 +452,19 @@ def kvperf_bench(
                 _check_fits(model, case.spec, kvperf_config.model)
                 rounds, warmup, call_s, note = _within_budget(pytestconfig, model, case.spec, rounds, warmup)
                 session = progress.session
-                if session.estimated_total_s is not None:  # rounds the budget took away are no longer ahead
-                    session.estimated_total_s -= (kvperf_config.tier.rounds - rounds) * call_estimate_s
+                # the budget's first timed call, and the rounds it took away, change what is ahead
+                case_estimate_s += call_estimate_s * (warmup + rounds + (call_s is not None) - tier_calls)
+                if session.estimated_total_s is not None:
+                    session.estimated_total_s += case_estimate_s - session.estimated_case_s.get(request.node.name, 0)
                 progress.plan(rounds, warmup, call_s, note)
                 results = benchmark_generation(benchmark, model, case.spec, rounds=rounds, warmup_rounds=warmup,
                                                before_round=before_round)
         except OutOfMemoryError as exc:
             _forget(pytestconfig, benchmark)
+            if progress.session.estimated_total_s is not None:  # a skipped case is no longer ahead
+                progress.session.estimated_total_s -= case_estimate_s
             pytest.skip(str(exc))
-        progress.done(call_estimate_s * (warmup + rounds + 2 + (call_s is not None)))
+        progress.done(case_estimate_s)
         if rounds < kvperf_config.tier.rounds and call_s is not None:
             pytestconfig.stash.setdefault(BUDGETED_KEY, {})[request.node.name] = (
                 rounds, kvperf_config.tier.rounds, call_s)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from kvperf.measure import cost
-from kvperf.measure.cost import CallRates, ModelWork, estimated_call_flops, estimated_call_s, measure_rates, model_work
+from kvperf.measure.cost import (
+    CallRates,
+    ModelWork,
+    estimated_call_flops,
+    estimated_call_s,
+    estimated_case_s,
+    measure_rates,
+    model_work,
+)
 from kvperf.models import load_model
 from kvperf.spec import GenerationSpec
 
@@ -40,6 +48,9 @@ def test_the_formula_by_hand():
     spec = GenerationSpec(cache="on", batch_size=1, prompt_len=4, new_tokens=3)
     assert estimated_call_s(work, rates, spec) == pytest.approx(3 * 0.5 + 657 / 100)
     assert estimated_call_s(work, CallRates(0.5, None, 0.0), spec) == 1.5
+    # a case of 4 timed calls and the two untimed ones: 3 steps of 0.25 s and twice the FLOPs
+    assert estimated_case_s(work, CallRates(0.5, 100.0, 0.0, untimed_step_s=0.25), spec, 4) == \
+        pytest.approx(4 * (1.5 + 6.57) + 0.75 + 2 * 6.57)
 
 
 def _fake_clock(monkeypatch: pytest.MonkeyPatch, work: ModelWork, overhead_s: float, flops_per_s: float) -> None:
@@ -50,8 +61,15 @@ def _fake_clock(monkeypatch: pytest.MonkeyPatch, work: ModelWork, overhead_s: fl
         def __init__(self, spec: GenerationSpec):
             self.e2e_s = spec.new_tokens * overhead_s + estimated_call_flops(work, spec) / flops_per_s
 
+    _no_model(monkeypatch)
     monkeypatch.setattr(harness, "time_generation", lambda model, spec, *args: _Timing(spec))
+
+
+def _no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No prompts and no untimed passes (they take no time here)."""
     monkeypatch.setattr("kvperf.measure.prompts.make_prompts", lambda model, spec: (None, None))
+    monkeypatch.setattr("kvperf.measure.harness.measure_peak_memory", lambda *args: None)
+    monkeypatch.setattr("kvperf.measure.work.measure_work", lambda *args: None)
 
 
 def test_the_two_rates_are_solved_from_two_calls(monkeypatch: pytest.MonkeyPatch):
@@ -60,6 +78,7 @@ def test_the_two_rates_are_solved_from_two_calls(monkeypatch: pytest.MonkeyPatch
     rates = measure_rates(object(), work, max_positions=1024)  # type: ignore[arg-type]
     assert rates.step_overhead_s == pytest.approx(0.002)
     assert rates.flops_per_s == pytest.approx(5e9)
+    assert rates.untimed_step_s == 0  # the passes took less than their FLOPs at that rate
 
 
 def test_work_lost_in_the_overhead_counts_the_steps_alone(monkeypatch: pytest.MonkeyPatch):
@@ -70,7 +89,7 @@ def test_work_lost_in_the_overhead_counts_the_steps_alone(monkeypatch: pytest.Mo
         def __init__(self, spec: GenerationSpec):
             self.e2e_s = spec.new_tokens * (0.003 if spec.new_tokens > 2 else 0.001)
 
+    _no_model(monkeypatch)
     monkeypatch.setattr(harness, "time_generation", lambda model, spec, *args: _Timing(spec))
-    monkeypatch.setattr("kvperf.measure.prompts.make_prompts", lambda model, spec: (None, None))
     rates = cost.measure_rates(object(), work, max_positions=512)  # type: ignore[arg-type]
     assert rates.flops_per_s is None and rates.step_overhead_s == pytest.approx(0.003)

@@ -8,7 +8,10 @@ dominates on small models. So one ``generate`` call of a spec is estimated as
 
 where ``estimated_call_flops`` is a formula (``ModelWork``, read off the model's modules) and the two
 rates are measured on the loaded model by ``measure_rates``: a call of many cheap steps and a call of
-an expensive prefill, solved for the two unknowns. It is an estimate, and named so: what it
+an expensive prefill, solved for the two unknowns. After its timed rounds a case makes two untimed
+calls, peak memory and the FLOP count, which run every operation through Python (a dispatch mode):
+on a small model they cost several timed calls. ``measure_rates`` times them on the many-steps call
+too, as seconds per step (``untimed_step_s``) besides their FLOPs. It is an estimate, and named so: what it
 leaves out (element-wise work, memory traffic that grows with the context, the slower FLOP-count
 pass) shows in how far the measured case times land from it, which the session's ETA then corrects
 (``kvperf.measure.progress``).
@@ -35,8 +38,8 @@ from kvperf.spec import GenerationSpec
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["CallRates", "ModelWork", "estimate_line", "estimated_call_flops", "estimated_call_s", "measure_rates",
-           "model_work"]
+__all__ = ["CallRates", "ModelWork", "estimate_line", "estimated_call_flops", "estimated_call_s", "estimated_case_s",
+           "measure_rates", "model_work"]
 
 #: FLOPs that the calibration's prefill call aims at: enough to rise above the step overhead on a CPU
 #: (about 0.1-1 s), few enough to keep the calibration short.
@@ -110,12 +113,21 @@ class CallRates:
     flops_per_s: float | None
     #: Wall time the calibration took.
     calibration_s: float
+    #: Wall time a step costs the two untimed calls after a case's rounds together (peak memory, FLOP
+    #: count), besides their FLOPs.
+    untimed_step_s: float = 0.0
 
 
 def estimated_call_s(work: ModelWork, rates: CallRates, spec: GenerationSpec) -> float:
     """Seconds of one ``generate`` call of ``spec``: an estimate from the formula and the rates."""
     compute = estimated_call_flops(work, spec) / rates.flops_per_s if rates.flops_per_s else 0.0
     return spec.new_tokens * rates.step_overhead_s + compute
+
+
+def estimated_case_s(work: ModelWork, rates: CallRates, spec: GenerationSpec, timed_calls: int) -> float:
+    """Seconds of a case: ``timed_calls`` calls (warm-ups and rounds) and the two untimed ones after."""
+    compute = estimated_call_flops(work, spec) / rates.flops_per_s if rates.flops_per_s else 0.0
+    return timed_calls * estimated_call_s(work, rates, spec) + spec.new_tokens * rates.untimed_step_s + 2 * compute
 
 
 def _calibration_specs(work: ModelWork, max_positions: int | None) -> tuple[GenerationSpec, GenerationSpec]:
@@ -134,8 +146,9 @@ def measure_rates(model: PreTrainedModel, work: ModelWork, max_positions: int | 
     ``t = steps * step_overhead_s + flops / flops_per_s`` for both rates (medians of a few calls)."""
     import time
 
-    from kvperf.measure.harness import time_generation
+    from kvperf.measure.harness import measure_peak_memory, time_generation
     from kvperf.measure.prompts import make_prompts
+    from kvperf.measure.work import measure_work
 
     start = time.perf_counter()
     specs = _calibration_specs(work, max_positions)
@@ -151,10 +164,18 @@ def measure_rates(model: PreTrainedModel, work: ModelWork, max_positions: int | 
     # t_a = n_a * o + f_a * k and t_b = n_b * o + f_b * k, with k = 1 / flops_per_s
     n_a, n_b = a.new_tokens, b.new_tokens
     seconds_per_flop = (t_b / n_b - t_a / n_a) / (f_b / n_b - f_a / n_a) if f_b * n_a > f_a * n_b else 0.0
-    if seconds_per_flop <= 0:  # the work is lost in the overhead's noise: count the steps alone
-        return CallRates(t_a / n_a, None, time.perf_counter() - start)
+    untimed = []
+    for _ in range(2):  # the faster of two: the first pays for setting the passes up
+        passes_start = time.perf_counter()
+        measure_peak_memory(model, a, *prompts[0])
+        measure_work(model, a, *prompts[0])
+        untimed.append(time.perf_counter() - passes_start)
+    seconds_per_flop = max(0.0, seconds_per_flop)  # <= 0: the work is lost in the overhead's noise
+    untimed_step_s = max(0.0, (min(untimed) - 2 * f_a * seconds_per_flop) / n_a)
+    if not seconds_per_flop:  # count the steps alone
+        return CallRates(t_a / n_a, None, time.perf_counter() - start, untimed_step_s)
     overhead = max(0.0, (t_a - f_a * seconds_per_flop) / n_a)
-    return CallRates(overhead, 1 / seconds_per_flop, time.perf_counter() - start)
+    return CallRates(overhead, 1 / seconds_per_flop, time.perf_counter() - start, untimed_step_s)
 
 
 def estimate_line(total_s: float, cases: int, calls: int, flops: int, model: str,
@@ -162,7 +183,7 @@ def estimate_line(total_s: float, cases: int, calls: int, flops: int, model: str
     """The estimate of a run, printed before its first case."""
     def rate(r: CallRates) -> str:
         compute = f"{r.flops_per_s / 1e9:.3g} GFLOP/s and " if r.flops_per_s else "(its FLOPs lost in the noise) "
-        return f"{compute}{r.step_overhead_s * 1e3:.3g} ms a step"
+        return f"{compute}{r.step_overhead_s * 1e3:.3g} ms a step, {r.untimed_step_s * 1e3:.3g} ms untimed"
 
     measured = "; ".join(f"{dtype}: {rate(r)}" for dtype, r in rates.items())
     spent = sum(r.calibration_s for r in rates.values())

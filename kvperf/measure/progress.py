@@ -80,8 +80,10 @@ class SessionProgress:
     mode: ProgressMode = "auto"
     case_times_s: list[float] = field(default_factory=list)
     started_s: float = field(default_factory=time.perf_counter)
-    #: Estimated seconds of one call of each planned case (``kvperf.measure.cost``), when known.
+    #: Estimated seconds of one timed call, and of the whole case, of each planned case
+    #: (``kvperf.measure.cost``), when known.
     estimated_call_s: dict[str, float] = field(default_factory=dict)
+    estimated_case_s: dict[str, float] = field(default_factory=dict)
     #: Estimated seconds of the whole run, and of the cases done so far.
     estimated_total_s: float | None = None
     estimated_done_s: float = 0.0
