@@ -235,21 +235,39 @@ def _default_baseline(directory: Path, env: Environment, tier: str) -> tuple[Pat
                           "`pytest benchmarks --kvperf-save-baseline`, or pass --kvperf-compare=FILE")
     usable: list[tuple[bool, Path, Baseline]] = []
     other_software: list[str] = []
+    installs: list[str] = []
     for path in candidates:
         baseline = load_baseline(path)
         mismatch = mismatched_fields(baseline.environment, env, timings=False)
         if mismatch:
             other_software.append(f"{path} ({'; '.join(mismatch)})")
+            installs.append(_install_hint(baseline.environment, env))
         else:
             same_hardware = not mismatched_fields(baseline.environment, env, timings=True, host=False)
             usable.append((not same_hardware, path, baseline))
     if not usable:
+        # Not compared across releases: FLOPs and KV bytes can change with torch or transformers (README,
+        # "Supported versions"), so such a comparison could report a regression that no code change made.
+        install = next((hint for hint in installs if hint), "")
+        install = f", install the release it was made with to compare with it ({install})" if install else ""
         raise KvperfError(f"no baseline for this environment ({own}), and the saved ones were made with other "
                           f"software: {', '.join(other_software)}: save one with `pytest benchmarks "
-                          "--kvperf-save-baseline`, or pass --kvperf-compare=FILE --kvperf-allow-env-mismatch")
+                          f"--kvperf-save-baseline`{install}, or pass --kvperf-compare=FILE "
+                          "--kvperf-allow-env-mismatch")
     _, path, baseline = min(usable, key=lambda u: (u[0], str(u[1])))
     return path, baseline, (f"no baseline of this machine ({own}); compared with {path} (same torch, transformers "
                             "and device, another machine)")
+
+
+def _install_hint(baseline: Environment, current: Environment) -> str:
+    """``pip install "torch==2.13.0" "transformers==5.23.0"`` for the libraries that alone tell a
+    baseline's software from this one's; empty when something else differs too (the device)."""
+    if baseline.device_type != current.device_type:
+        return ""
+    pins = [f'"{library}=={getattr(baseline, name)}"' for name, library in
+            (("torch_version", "torch"), ("transformers_version", "transformers"))
+            if getattr(baseline, name) != getattr(current, name) and getattr(baseline, name)]
+    return f"`pip install {' '.join(pins)}`" if pins else ""
 
 
 def _check_environment(path: Path, baseline: Environment, current: Environment, timings: TimingMode) -> None:

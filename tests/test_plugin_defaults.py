@@ -67,4 +67,5 @@ def test_no_baseline_of_this_software_names_the_ones_there_are(pytester: pytest.
     result.stderr.fnmatch_lines([
         f"ERROR: no baseline for this environment (*), and the saved ones were made with other software: {path} "
         f"(transformers_version ('5.0.0' -> {env.transformers_version!r})): save one with `pytest benchmarks "
-        "--kvperf-save-baseline`, or pass --kvperf-compare=FILE --kvperf-allow-env-mismatch"])
+        "--kvperf-save-baseline`, install the release it was made with to compare with it (`pip install "
+        '"transformers==5.0.0"`), or pass --kvperf-compare=FILE --kvperf-allow-env-mismatch'])
