@@ -164,14 +164,12 @@ def measure_rates(model: PreTrainedModel, work: ModelWork, max_positions: int | 
     # t_a = n_a * o + f_a * k and t_b = n_b * o + f_b * k, with k = 1 / flops_per_s
     n_a, n_b = a.new_tokens, b.new_tokens
     seconds_per_flop = (t_b / n_b - t_a / n_a) / (f_b / n_b - f_a / n_a) if f_b * n_a > f_a * n_b else 0.0
-    untimed = []
-    for _ in range(2):  # the faster of two: the first pays for setting the passes up
-        passes_start = time.perf_counter()
-        measure_peak_memory(model, a, *prompts[0])
-        measure_work(model, a, *prompts[0])
-        untimed.append(time.perf_counter() - passes_start)
+    passes_start = time.perf_counter()  # once: they cost the same from the first call on
+    measure_peak_memory(model, a, *prompts[0])
+    measure_work(model, a, *prompts[0])
+    untimed = time.perf_counter() - passes_start
     seconds_per_flop = max(0.0, seconds_per_flop)  # <= 0: the work is lost in the overhead's noise
-    untimed_step_s = max(0.0, (min(untimed) - 2 * f_a * seconds_per_flop) / n_a)
+    untimed_step_s = max(0.0, (untimed - 2 * f_a * seconds_per_flop) / n_a)
     if not seconds_per_flop:  # count the steps alone
         return CallRates(t_a / n_a, None, time.perf_counter() - start, untimed_step_s)
     overhead = max(0.0, (t_a - f_a * seconds_per_flop) / n_a)
