@@ -107,7 +107,7 @@ def test_length(kvperf_case, kvperf_bench):
         f"case, test_length[[]cache=off-bs=1-prompt=8-new=128-fp32], is {share:.0%} of them; the time is estimated "
         "when the model is loaded",
         "kvperf: estimated * for 10 case(s): 40 generate calls, * GFLOP by formula, at the rates of tiny-gpt2 measured "
-        "just now in * (float32: * ms a step); the ETA refines as cases end",
+        "just now in * (float32: * ms a step, * ms untimed); the ETA refines as cases end",
         "kvperf [[]1/10] test_length[[]cache=on-*]: done in *; about * left for 9 case(s) (their estimate, *, x*: the "
         "1 so far took *x theirs)"])
 
@@ -124,3 +124,13 @@ def test_the_session_eta_is_the_estimate_left_scaled_by_the_cases_so_far():
                               estimated_done_s=10.0)
     assert session.eta() == ("; about 4.0 s left for 2 case(s) (their estimate, 20 s, x0.20: the 1 so far took "
                              "0.20x theirs)")
+
+
+def test_the_case_eta_counts_the_estimated_untimed_calls():
+    lines: list[str] = []
+    case = SessionProgress(total_cases=1, write=lines.append, mode="all").case("test_x")
+    case.plan(rounds=3, warmup_rounds=0, call_s=None)
+    case.untimed_estimate_s = 10.0  # peak memory and FLOP count: 5 rounds' time here
+    case.before_round()
+    case._round_done(2.0)
+    assert lines == ["kvperf [1/1] test_x: round 1/3 took 2.0 s; about 14 s left in this case"]

@@ -119,6 +119,9 @@ class CaseProgress:
     _calls: int = 0
     _round_times_s: list[float] = field(default_factory=list)
     loud: bool = False
+    #: Estimated seconds of the two untimed calls after the rounds (``kvperf.measure.cost``), when
+    #: known; else they count as two rounds.
+    untimed_estimate_s: float | None = None
 
     def _say(self, text: str) -> None:
         if self.loud:
@@ -153,8 +156,9 @@ class CaseProgress:
         self._round_times_s.append(seconds)
         done = len(self._round_times_s)
         mean = sum(self._round_times_s) / done
-        left = self.rounds - done + _EXTRA_CALLS
-        self._say(f"round {done}/{self.rounds} took {format_duration(seconds)}; about {format_duration(mean * left)} "
+        untimed = mean * _EXTRA_CALLS if self.untimed_estimate_s is None else self.untimed_estimate_s
+        left = mean * (self.rounds - done) + untimed
+        self._say(f"round {done}/{self.rounds} took {format_duration(seconds)}; about {format_duration(left)} "
                   "left in this case")
 
     def done(self, estimated_s: float = 0.0) -> None:
