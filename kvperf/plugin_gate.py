@@ -157,7 +157,7 @@ def _environment(config: pytest.Config) -> Environment:
         cfg = kvperf_config_of(config)
         threads = getattr(cfg.tier, "cpu_threads", None)
         config.stash[_ENV_KEY] = current_environment(cfg.device_type, root=config.rootpath,
-                                                     torch_threads=threads)
+                                                     torch_threads=threads, device=cfg.device)
     return config.stash[_ENV_KEY]
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from kvperf.errors import BadInputError
 from kvperf.gate.env import Environment
+from kvperf.measure.telemetry import GpuTelemetry
 
 __all__ = [
     "REPORT_FIELDS",
@@ -56,8 +57,13 @@ _COUNTS = ("batch_size", "prompt_len", "new_tokens", "generated_tokens", "rounds
 #: Finite numbers of at least 0.
 _AMOUNTS = ("flops", "flops_per_token", "prefill_flops", "decode_flops_per_token")
 _TEXTS = ("model", "cache", "dtype", "device", "experiment")
-#: Per-round CPU contention (``kvperf.gate.env.CpuContention``): finite numbers of at least 0, or null.
-_CONTENTION = ("cpu_wait_samples", "cpu_others_samples")
+#: Per-round CPU contention (``kvperf.gate.env.CpuContention``) and energy (``kvperf.measure.energy``):
+#: finite numbers of at least 0, or null where the OS or the hardware cannot tell.
+_CONTENTION = ("cpu_wait_samples", "cpu_others_samples", "energy_j_samples")
+#: Finite numbers of at least 0, or null with the reason beside them (``energy_note``).
+_NULLABLE_AMOUNTS = ("energy_j", "energy_per_token_j")
+#: Strings, or null.
+_NULLABLE_TEXTS = ("energy_note", "energy_source")
 
 #: What ``kvperf report`` needs in every case (``check_case(required=...)``).
 REPORT_FIELDS = ("cache", "dtype", "batch_size", "prompt_len", "new_tokens", "e2e_s", "ttft_s", "tpot_s",
@@ -145,9 +151,11 @@ def _check_value(name: str, value: Any) -> str | None:
     if name in _COUNTS:
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         return None if ok else "a whole number of at least 1"
-    if name in _AMOUNTS:
-        ok = _is_number(value) and 0 <= value < math.inf
-        return None if ok else "a finite number of at least 0"
+    if name in _AMOUNTS or name in _NULLABLE_AMOUNTS:
+        ok = (_is_number(value) and 0 <= value < math.inf) or (value is None and name in _NULLABLE_AMOUNTS)
+        return None if ok else "a finite number of at least 0" + (" or null" if name in _NULLABLE_AMOUNTS else "")
+    if name in _NULLABLE_TEXTS:
+        return None if value is None or isinstance(value, str) else "a string or null"
     if name in _TEXTS:
         return None if isinstance(value, str) else "a string"
     return None
@@ -196,13 +204,27 @@ def _allowed_types(hint: Any) -> tuple[type, ...]:
     return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
 
 
-def check_environment(data: Mapping[str, Any], source: str) -> None:
-    """Check the types of the environment fingerprint (``machine_info.kvperf``) against ``Environment``."""
-    for name, hint in typing.get_type_hints(Environment).items():
+def _check_types(data: Mapping[str, Any], cls: type, where: str, source: str) -> None:
+    """Check the fields of ``data`` against the type hints of the dataclass ``cls``."""
+    for name, hint in typing.get_type_hints(cls).items():
         if name not in data:
             continue  # Environment.from_json names a missing required field
         value, allowed = data[name], _allowed_types(hint)
+        if GpuTelemetry in allowed:  # the nested GPU fingerprint: an object of its own fields, or null
+            if isinstance(value, dict):
+                _check_types(value, GpuTelemetry, f"{where}.{name}", source)
+                continue
+            allowed = tuple(dict if t is GpuTelemetry else t for t in allowed)
+        if float in allowed:  # JSON writes 250.0 W as 250.0, but another writer may write 250
+            allowed = (*allowed, int)
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise BadInputError(f"{source}: machine_info.kvperf.{name} is {_shown(value)}, not {names}: the "
+            names = " or ".join("null" if t is type(None) else "object" if t is dict else t.__name__ for t in allowed
+                                if t is not int or float not in allowed)
+            raise BadInputError(f"{source}: {where}.{name} is {_shown(value)}, not {names}: the "
                                 f"environment fingerprint is damaged; {_FIX}")
+
+
+def check_environment(data: Mapping[str, Any], source: str) -> None:
+    """Check the types of the environment fingerprint (``machine_info.kvperf``) against ``Environment``,
+    its GPU telemetry (``gpu``, ``kvperf.measure.telemetry.GpuTelemetry``) included."""
+    _check_types(data, Environment, "machine_info.kvperf", source)
