@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from kvperf.errors import UsageError
 from kvperf.gate.env import Contention, CpuContention
 from kvperf.kv.kv_size import spec_kv_cache_bytes
+from kvperf.measure.energy import energy_meter
 from kvperf.measure.harness import (
     GenerationResult,
     GenerationTiming,
@@ -62,14 +63,17 @@ def benchmark_generation(
     input_ids, attention_mask = make_prompts(model, spec)
     timings: list[GenerationTiming] = []
     contention: list[Contention] = []
+    # Made once per case, outside the rounds: opening NVML or powercap is not part of any round.
+    energy = energy_meter(str(next(model.parameters()).device))
 
     def one_call() -> None:
         meter = CpuContention()
         meter.start()
-        timings.append(time_generation(model, spec, input_ids, attention_mask))
+        timings.append(time_generation(model, spec, input_ids, attention_mask, energy=energy))
         contention.append(meter.stop())
 
-    benchmark.pedantic(one_call, setup=before_round, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    with energy:
+        benchmark.pedantic(one_call, setup=before_round, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
     # Warm-up rounds run the same function; keep only the timed rounds. With --benchmark-disable,
     # pytest-benchmark calls it once and there is nothing to drop.
     timed = timings[-rounds:] if len(timings) > rounds else timings
@@ -86,6 +90,26 @@ def benchmark_generation(
     return [result_from_timing(model, spec, timing, peak) for timing in timed]
 
 
+#: Energy fields, which are None in rounds where the counter could not tell (``_energy_info``).
+_ENERGY_FIELDS = ("energy_j", "energy_per_token_j", "energy_source", "energy_note")
+
+
+def _energy_info(results: list[GenerationResult]) -> dict[str, Any]:
+    """The case's energy: medians over the rounds when every round was measured, else None with the reason;
+    and the raw joules of each round (``energy_j_samples``, None where a round was not measured)."""
+    joules = [r.energy_j for r in results]
+    info: dict[str, Any] = {"energy_j_samples": joules, "energy_source": results[0].energy_source}
+    measured = [j for j in joules if j is not None]
+    per_token = [r.energy_per_token_j for r in results if r.energy_per_token_j is not None]
+    if len(measured) == len(results):
+        return {**info, "energy_j": statistics.median(measured), "energy_per_token_j": statistics.median(per_token),
+                "energy_note": None}
+    reason = next(r.energy_note for r in results if r.energy_j is None)
+    if measured:
+        reason = f"{len(results) - len(measured)} of {len(results)} rounds not measured: {reason}"
+    return {**info, "energy_j": None, "energy_per_token_j": None, "energy_note": reason}
+
+
 def extra_info(results: list[GenerationResult], **context: Any) -> dict[str, Any]:
     """The ``extra_info`` of one case: spec, context, medians of every result field over the rounds,
     the raw per-round values, and the raw inter-token latencies of every round."""
@@ -93,6 +117,8 @@ def extra_info(results: list[GenerationResult], **context: Any) -> dict[str, Any
     info: dict[str, Any] = {"kvperf_schema": SCHEMA_VERSION, **context, **asdict(first.spec)}
     summaries = [r.summary() for r in results]
     for key, value in summaries[0].items():
+        if key in _ENERGY_FIELDS:
+            continue
         if isinstance(value, float):
             info[key] = statistics.median(s[key] for s in summaries)
         else:  # exact per case: memory, KV bytes, token counts, device, dtype
@@ -101,6 +127,7 @@ def extra_info(results: list[GenerationResult], **context: Any) -> dict[str, Any
         info[f"{key}_samples"] = [s[key] for s in summaries]
     # The output hash of the first round is the case's; how many the rounds produced says whether it is
     # deterministic here (kvperf.gate.fingerprint).
+    info.update(_energy_info(results))
     info["output_sha256_distinct"] = len({r.output_sha256 for r in results})
     info["itl_s"] = [list(r.itl_s) for r in results]
     info["rounds"] = len(results)

@@ -22,6 +22,9 @@ Why it is built this way:
   thread the other threads' work is not in it (the quick tier runs one).
 * **Warm-up first.** The first call pays for lazy initialisation, kernel selection and allocator
   growth (often 10x a steady call); it is run and thrown away.
+* **Energy from the hardware's counter, read outside the clocks.** With an energy meter
+  (``kvperf.measure.energy``), the counter is read once right before the start clocks and once right
+  after the end clocks: the reads add nothing to any timing the harness reports.
 * **Memory in its own pass.** On CPU, peak memory is counted through a dispatch mode that slows every
   operation (see ``kvperf.measure.memory``), so it is taken in a separate untimed call.
 
@@ -44,6 +47,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from kvperf.gate.fingerprint import output_sha256
 from kvperf.kv.kv_size import measure_cache_bytes, returned_cache
+from kvperf.measure.energy import EnergyMeter, energy_meter
 from kvperf.measure.memory import PeakMemory, measure_peak
 from kvperf.measure.prompts import make_prompts, pad_token_id
 from kvperf.spec import GenerationSpec
@@ -124,6 +128,10 @@ class GenerationTiming:
     itl_cpu_s: tuple[float, ...] = ()
     #: SHA-256 of the generated token ids (``kvperf.gate.fingerprint.output_sha256``).
     output_sha256: str | None = None
+    #: Joules the energy counter counted over the call (``kvperf.measure.energy``); None with the reason.
+    energy_j: float | None = None
+    energy_source: str | None = None
+    energy_note: str | None = "energy was not measured"
 
 
 @dataclass(frozen=True)
@@ -165,6 +173,13 @@ class GenerationResult:
     #: SHA-256 of the token ids the timed call generated (``kvperf.gate.fingerprint``): the same in every round
     #: of a case in one environment (greedy, seeded), so a comparison can tell when the output changed.
     output_sha256: str | None = None
+    #: Joules of the whole call (prefill included) from the hardware's energy counter: NVML's for a GPU,
+    #: RAPL's (the whole processor) on CPU; and per generated token. None where no counter could be read,
+    #: with the reason in ``energy_note``; ``energy_source`` names the counter.
+    energy_j: float | None = None
+    energy_per_token_j: float | None = None
+    energy_source: str | None = None
+    energy_note: str | None = "energy was not measured"
 
     @property
     def itl_p50_s(self) -> float:
@@ -275,12 +290,18 @@ def time_generation(
     spec: GenerationSpec,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
+    energy: EnergyMeter | None = None,
 ) -> GenerationTiming:
-    """Time one ``generate`` call for ``spec`` on the given prompts (no warm-up, no memory pass)."""
+    """Time one ``generate`` call for ``spec`` on the given prompts (no warm-up, no memory pass).
+
+    ``energy``: a meter of the device's energy counter (``kvperf.measure.energy.energy_meter``), read
+    right before the start clocks and right after the end clocks; without one the energy is None."""
     device = _device(model)
     clock = _TokenClock(device, slowdown=_test_decode_slowdown())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    if energy is not None:
+        energy.start()  # counter read 1: after the sync, before the clocks start
     start = time.perf_counter()
     start_cpu = time.thread_time()
     out = _generate(model, spec, input_ids, attention_mask, streamer=clock)
@@ -288,6 +309,7 @@ def time_generation(
         torch.cuda.synchronize(device)
     end = time.perf_counter()
     end_cpu = time.thread_time()
+    reading = energy.stop() if energy is not None else None  # counter read 2: after the clocks stop
     generated = _count_generated(out, input_ids.shape[1], spec)
     stamps = clock.stamps_s
     if len(stamps) != spec.new_tokens:
@@ -302,6 +324,9 @@ def time_generation(
         ttft_cpu_s=clock.cpu_stamps_s[0] - start_cpu,
         itl_cpu_s=tuple(b - a for a, b in pairwise(clock.cpu_stamps_s)),
         output_sha256=output_sha256(out.sequences, input_ids.shape[1]),
+        energy_j=reading.energy_j if reading is not None else None,
+        energy_source=reading.source if reading is not None else None,
+        energy_note=reading.note if reading is not None else "energy was not measured (no meter given)",
     )
 
 
@@ -339,6 +364,10 @@ def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: Gen
         peak_activations_bytes=peak.peak_activations_bytes if peak is not None else None,
         peak_memory_note=peak.note if peak is not None else "peak memory was not measured",
         output_sha256=timing.output_sha256,
+        energy_j=timing.energy_j,
+        energy_per_token_j=timing.energy_j / timing.generated_tokens if timing.energy_j is not None else None,
+        energy_source=timing.energy_source,
+        energy_note=timing.energy_note,
     )
 
 
@@ -349,10 +378,12 @@ def run_generation(
     warmup_runs: int = 1,
     measure_memory: bool = True,
 ) -> GenerationResult:
-    """Warm up, time one ``generate`` call for ``spec``, then measure its peak memory untimed."""
+    """Warm up, time one ``generate`` call for ``spec`` (reading the device's energy counter around it),
+    then measure its peak memory untimed."""
     input_ids, attention_mask = make_prompts(model, spec)
     for _ in range(warmup_runs):
         _generate(model, spec, input_ids, attention_mask)
-    timing = time_generation(model, spec, input_ids, attention_mask)
+    with energy_meter(str(_device(model))) as meter:
+        timing = time_generation(model, spec, input_ids, attention_mask, energy=meter)
     peak = measure_peak_memory(model, spec, input_ids, attention_mask) if measure_memory else None
     return result_from_timing(model, spec, timing, peak)
