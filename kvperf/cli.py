@@ -414,6 +414,57 @@ def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(handler=_cmd_report)
 
 
+def _cmd_env(args: argparse.Namespace) -> int:
+    import re
+
+    from kvperf.gate.env import current_environment
+    from kvperf.measure.energy import energy_meter
+
+    if not re.fullmatch(r"(cpu|cuda)(:\d+)?", args.device):
+        raise UsageError(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise UsageError(f"--torch-threads must be at least 1, got {args.torch_threads}")
+    device_type = args.device.split(":", 1)[0]
+    env = current_environment(device_type, torch_threads=args.torch_threads, device=args.device)
+    data = env.to_json()
+    # Which energy counter a run on the CPU and on the GPU would read, or why there is none.
+    sources = {}
+    for kind, device in (("cpu", "cpu"), ("cuda", args.device if device_type == "cuda" else "cuda")):
+        with energy_meter(device) as meter:
+            sources[kind] = {"source": meter.source, "note": meter.note}
+    data["energy_sources"] = sources
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    rows: list[tuple[str, object]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for inner, item in value.items():
+                if isinstance(item, dict):
+                    rows += [(f"{key}.{inner}.{name}", v) for name, v in item.items()]
+                else:
+                    rows.append((f"{key}.{inner}", item))
+        else:
+            rows.append((key, value))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(terminal_safe(f"{key:<{width}}  {'-' if value is None else value}"))
+    return 0
+
+
+def _add_env(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("env", help="the environment fingerprint: CPU, torch, transformers, GPU telemetry, energy",
+                       description="Print the environment fingerprint kvperf records with every result (its key "
+                                   "names the baseline directory), the GPU's NVML telemetry, and which energy "
+                                   "counter a run would read; null (-) fields come with the reason (note).")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: the device the benchmarks run on")
+    p.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   help="intra-op threads the benchmarks use (part of the key; default: torch's current setting; "
+                        "the quick tier runs 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_cmd_env)
+
+
 def build_parser() -> _Parser:
     doc = __doc__ or ""
     parser = _Parser(prog="kvperf", description=doc.splitlines()[0] if doc else None,
@@ -426,6 +477,7 @@ def build_parser() -> _Parser:
     _add_export(sub)
     _add_compare(sub)
     _add_ab(sub)
+    _add_env(sub)
     return parser
 
 
