@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from kvperf.errors import BadInputError
+from kvperf.gate.ab_retry import merge_rounds
 from kvperf.gate.result_file import check_case
 from kvperf.measure.bench import extra_info
-from kvperf.measure.energy import EnergyMeter, EnergyReading, energy_meter
+from kvperf.measure.energy import EnergyMeter, EnergyReading, energy_meter, energy_summary
 from kvperf.measure.harness import result_from_timing, time_generation
 from kvperf.measure.prompts import make_prompts
 from kvperf.models import load_model
@@ -220,3 +221,21 @@ def test_a_real_gpu_counts_energy():
             torch.cuda.synchronize()
         reading = meter.stop()
     assert reading.energy_j is not None and reading.energy_j > 0, reading.note
+
+
+def test_ab_retries_merge_the_energy_of_their_rounds():
+    def result_file(joules: list[float | None], note: str | None) -> dict[str, Any]:
+        info = {"kvperf_schema": 1, "model": "m", "generated_tokens": 4, "e2e_s_samples": [1.0] * len(joules),
+                "e2e_s": 1.0, "energy_j_samples": joules, "energy_note": note,
+                **energy_summary(joules, 4, note)}
+        return {"benchmarks": [{"name": "case", "extra_info": info}]}
+
+    into = result_file([2.0, 4.0], None)
+    assert merge_rounds(into, result_file([6.0], None), [("case", "m")]) == [("case", "m")]
+    info = into["benchmarks"][0]["extra_info"]
+    assert (info["energy_j"], info["energy_per_token_j"], info["energy_note"]) == (4.0, 1.0, None)
+    assert merge_rounds(into, result_file([None, 8.0], "1 of 2 rounds not measured: no counter"), [("case", "m")])
+    info = into["benchmarks"][0]["extra_info"]
+    assert info["energy_j_samples"] == [2.0, 4.0, 6.0, None, 8.0] and info["rounds"] == 5
+    assert (info["energy_j"], info["energy_per_token_j"]) == (None, None)
+    assert info["energy_note"] == "1 of 5 rounds not measured: no counter"

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from kvperf.errors import UsageError
 from kvperf.gate.env import Contention, CpuContention
 from kvperf.kv.kv_size import spec_kv_cache_bytes
-from kvperf.measure.energy import energy_meter
+from kvperf.measure.energy import energy_meter, energy_summary
 from kvperf.measure.harness import (
     GenerationResult,
     GenerationTiming,
@@ -95,19 +95,12 @@ _ENERGY_FIELDS = ("energy_j", "energy_per_token_j", "energy_source", "energy_not
 
 
 def _energy_info(results: list[GenerationResult]) -> dict[str, Any]:
-    """The case's energy: medians over the rounds when every round was measured, else None with the reason;
-    and the raw joules of each round (``energy_j_samples``, None where a round was not measured)."""
+    """The case's energy (``kvperf.measure.energy.energy_summary``), the counter, and the raw joules of each
+    round (``energy_j_samples``, None where a round was not measured)."""
     joules = [r.energy_j for r in results]
-    info: dict[str, Any] = {"energy_j_samples": joules, "energy_source": results[0].energy_source}
-    measured = [j for j in joules if j is not None]
-    per_token = [r.energy_per_token_j for r in results if r.energy_per_token_j is not None]
-    if len(measured) == len(results):
-        return {**info, "energy_j": statistics.median(measured), "energy_per_token_j": statistics.median(per_token),
-                "energy_note": None}
-    reason = next(r.energy_note for r in results if r.energy_j is None)
-    if measured:
-        reason = f"{len(results) - len(measured)} of {len(results)} rounds not measured: {reason}"
-    return {**info, "energy_j": None, "energy_per_token_j": None, "energy_note": reason}
+    note = next((r.energy_note for r in results if r.energy_j is None), None)
+    return {"energy_j_samples": joules, "energy_source": results[0].energy_source,
+            **energy_summary(joules, results[0].generated_tokens, note)}
 
 
 def extra_info(results: list[GenerationResult], **context: Any) -> dict[str, Any]:

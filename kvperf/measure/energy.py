@@ -24,6 +24,8 @@ every timing kvperf reports; the energy covers the timed interval plus one count
 from __future__ import annotations
 
 import contextlib
+import re
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,7 @@ __all__ = [
     "NvmlEnergyCounter",
     "RaplEnergyCounter",
     "energy_meter",
+    "energy_summary",
 ]
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
@@ -260,3 +263,18 @@ def energy_meter(device: str, *, nvml_factory: Callable[[], Nvml] | None = None,
     except EnergyReadError as exc:
         return EnergyMeter(None, str(exc))
     return EnergyMeter(counter)
+
+
+def energy_summary(joules: Sequence[float | None], generated_tokens: int, note: str | None) -> dict[str, Any]:
+    """A case's energy from its rounds' joules (``None``: a round not measured, ``note`` the reason):
+    ``energy_j`` the median and ``energy_per_token_j`` that over the tokens of one round, when every round
+    was measured; else both None, and ``energy_note`` says how many rounds were not and why."""
+    measured = [j for j in joules if j is not None]
+    if joules and len(measured) == len(joules):
+        energy_j = statistics.median(measured)
+        return {"energy_j": energy_j, "energy_per_token_j": energy_j / generated_tokens, "energy_note": None}
+    # A note of merged rounds (``kvperf ab`` retries) may count rounds already: count them afresh.
+    reason = re.sub(r"^\d+ of \d+ rounds not measured: ", "", note or "energy was not measured")
+    if measured:
+        reason = f"{len(joules) - len(measured)} of {len(joules)} rounds not measured: {reason}"
+    return {"energy_j": None, "energy_per_token_j": None, "energy_note": reason}
