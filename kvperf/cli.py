@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -485,10 +486,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # inside the try: a reader that went away is seen here, not at interpreter exit
+        return code
     except KvperfError as exc:
         sys.stderr.write(terminal_safe(f"kvperf: error: {exc}") + "\n")
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (``kvperf export ... | head``): not an error of kvperf's. Point stdout at
+        # /dev/null so that the interpreter's final flush does not raise again, and exit as `yes | head` does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

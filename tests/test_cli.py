@@ -77,3 +77,19 @@ def test_out_of_memory_is_one_line_and_exit_5(capsys, monkeypatch, where):
     assert capsys.readouterr().err == (
         "kvperf: error: out of memory for batch 64 x (prompt 500 + 12 new tokens), float32 on cpu: use a smaller "
         "--batch, --prompt or --new-tokens, or a smaller --dtype\n")
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback() -> None:
+    """``kvperf ... | head``: the pipe closes before kvperf has written everything; kvperf exits quietly
+    with 141 (as ``yes | head`` does), with no BrokenPipeError traceback on stderr."""
+    import subprocess
+    import sys
+
+    with subprocess.Popen([sys.executable, "-m", "kvperf.cli", "kv-size", "tiny-gpt2", "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader goes away before the first byte
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert code == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
