@@ -92,6 +92,14 @@ class Environment:
     #: Salted hash of the machine's identity (``machine_id()``); None in results made before kvperf
     #: recorded it, which then never count as from the same machine as anything.
     machine_id: str | None = None
+    #: The roofline's ceilings (``kvperf.measure.ceilings.MachineCeilings``), measured once per pytest
+    #: session: the peak memory bandwidth and how it was found (or why it is None), the measured FLOP
+    #: rate, the CPU's last-level cache. Not part of the key: they describe the machine, not identify it.
+    peak_bandwidth_bytes_per_s: float | None = None
+    peak_bandwidth_note: str | None = None
+    peak_flops_per_s: float | None = None
+    peak_flops_note: str | None = None
+    last_level_cache_bytes: int | None = None
 
     def key(self) -> str:
         """A directory name for this environment's baselines, e.g.

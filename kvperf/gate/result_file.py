@@ -55,6 +55,12 @@ _NULLABLE_BYTES = ("kv_cache_formula_bytes", "weights_bytes", "peak_above_weight
 _COUNTS = ("batch_size", "prompt_len", "new_tokens", "generated_tokens", "rounds")
 #: Finite numbers of at least 0.
 _AMOUNTS = ("flops", "flops_per_token", "prefill_flops", "decode_flops_per_token")
+#: The roofline's numbers (``kvperf.measure.roofline``): finite numbers of at least 0, or null where kvperf
+#: cannot know them (``roofline_note`` says why).
+_NULLABLE_AMOUNTS = ("decode_bytes_per_step", "decode_weights_bytes", "decode_kv_bytes_per_step",
+                     "decode_state_bytes", "decode_flops_per_step", "achieved_bandwidth_bytes_per_s",
+                     "achieved_flops_per_s", "peak_bandwidth_bytes_per_s", "bandwidth_fraction",
+                     "arithmetic_intensity_flops_per_byte", "peak_flops_per_s")
 _TEXTS = ("model", "cache", "dtype", "device", "experiment")
 #: Per-round CPU contention (``kvperf.gate.env.CpuContention``): finite numbers of at least 0, or null.
 _CONTENTION = ("cpu_wait_samples", "cpu_others_samples")
@@ -148,6 +154,9 @@ def _check_value(name: str, value: Any) -> str | None:
     if name in _AMOUNTS:
         ok = _is_number(value) and 0 <= value < math.inf
         return None if ok else "a finite number of at least 0"
+    if name in _NULLABLE_AMOUNTS:
+        ok = value is None or (_is_number(value) and 0 <= value < math.inf)
+        return None if ok else "a finite number of at least 0, or null"
     if name in _TEXTS:
         return None if isinstance(value, str) else "a string"
     return None
@@ -192,8 +201,9 @@ def check_case(info: Mapping[str, Any], where: str, source: str, *, required: tu
 
 
 def _allowed_types(hint: Any) -> tuple[type, ...]:
-    """``str | None`` -> ``(str, NoneType)``."""
-    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    """``str | None`` -> ``(str, NoneType)``; a ``float`` takes an ``int`` too (JSON writes ``2e10`` either way)."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return (*allowed, int) if float in allowed and int not in allowed else allowed
 
 
 def check_environment(data: Mapping[str, Any], source: str) -> None:
