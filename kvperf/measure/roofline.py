@@ -196,8 +196,8 @@ def case_roofline(info: Mapping[str, Any], ceilings: MachineCeilings) -> Rooflin
         notes.append(f"no peak bandwidth: {ceilings.peak_bandwidth_note}")
     llc = ceilings.last_level_cache_bytes
     if nbytes is not None and llc is not None and nbytes <= llc:
-        notes.append(f"the step's {nbytes / 2**20:.2f} MiB fit in the {llc / 2**20:.0f} MiB last-level cache: they "
-                     "can come from the cache, not the memory, and the fraction can pass 1")
+        notes.append(f"the bytes of a step fit in the {llc / 2**20:.0f} MiB last-level cache: they can come from the "
+                     "cache, not the memory, and the fraction can pass 1")
     return Roofline(
         decode_bytes_per_step=nbytes, decode_flops_per_step=flops, achieved_bandwidth_bytes_per_s=achieved,
         achieved_flops_per_s=flops / tpot if flops is not None and tpot is not None else None,

@@ -94,9 +94,9 @@ def _memory(ax: Any, xs: Sequence[float], cases: Sequence[Row], dtype: str) -> N
     ax.plot(xs, [c["peak_memory_bytes"] / 2**20 for c in cases], "s--", color=colour, label=f"peak, {dtype}")
 
 
-def _busy_note(fig: Any, cases: Sequence[Row]) -> None:
+def _busy_note(fig: Any, cases: Sequence[Row], bars: bool = True) -> None:
     busy = sum(contended(c) is not None for c in cases)
-    text = ("bars: fastest to slowest round; " +
+    text = (("bars: fastest to slowest round; " if bars else "points: medians of the rounds; ") +
             (f"red circles: {busy} case(s) whose rounds waited for a core (cpu_wait > 5%): timings unreliable"
              if busy else "no case waited for a core"))
     fig.text(0.5, 0.005, text, ha="center", va="bottom", fontsize=7, color="red" if busy else "black")
@@ -127,12 +127,14 @@ def _roofline(axes: Any, cases: Sequence[Row]) -> None:
     flops = _ceilings(cases, "peak_flops_per_s")
     for peak in _ceilings(cases, "peak_bandwidth_bytes_per_s"):
         ridge = flops[-1] / peak if flops else high
-        xs = [low, min(max(ridge, low), high * 10)]
+        xs = [low, min(max(ridge, low), high)]
         ax1.plot(xs, [x * peak / 1e9 for x in xs], "k-", linewidth=1.2, label=f"bandwidth roof {peak / 1e9:.3g} GB/s")
         ax2.axhline(peak / 1e9, color="k", linewidth=1.2, label=f"peak bandwidth {peak / 1e9:.3g} GB/s")
-    for peak in flops:
-        ax1.axhline(peak / 1e9, color="k", linestyle="--", linewidth=1.2,
-                    label=f"compute roof {peak / 1e9:.3g} GFLOP/s (float32 matmul)")
+    bandwidth = _ceilings(cases, "peak_bandwidth_bytes_per_s")
+    for peak in flops:  # flat from the ridge point (of the highest bandwidth roof) on
+        start = max(low, min(peak / bandwidth[-1], high)) if bandwidth else low
+        ax1.plot([start, high], [peak / 1e9] * 2, "k--", linewidth=1.2,
+                 label=f"compute roof {peak / 1e9:.3g} GFLOP/s (float32 matmul)")
     if not flops:
         ax1.text(0.02, 0.98, "compute roof not measured", transform=ax1.transAxes, va="top", fontsize=8)
     ax1.set(xscale="log", yscale="log", xlabel="arithmetic intensity (decode FLOPs per byte read)",
@@ -163,14 +165,15 @@ def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
         groups[str(case.get("experiment", "custom"))].append(case)
     written: list[Path] = []
 
-    def save(name: str, title: str, group: Sequence[Row], draw: Callable[[Any], None], panels: int = 2) -> None:
+    def save(name: str, title: str, group: Sequence[Row], draw: Callable[[Any], None], panels: int = 2,
+             bars: bool = True) -> None:
         fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5))
         draw(axes)
         for ax in axes:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
         fig.suptitle(title, fontsize=10)
-        _busy_note(fig, group)
+        _busy_note(fig, group, bars)
         fig.tight_layout(rect=(0, 0.03, 1, 1))
         path = out / name
         try:
@@ -238,5 +241,5 @@ def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
         "achieved_bandwidth_bytes_per_s"))]
     if roofline:
         save("roofline.png", _title("Roofline: decode steps against the memory-bandwidth limit", roofline),
-             roofline, lambda axes: _roofline(axes, roofline))
+             roofline, lambda axes: _roofline(axes, roofline), bars=False)
     return written
