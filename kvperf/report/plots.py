@@ -106,9 +106,16 @@ def _ceilings(cases: Sequence[Row], key: str) -> list[float]:
     return sorted({float(c[key]) for c in cases if isinstance(c.get(key), (int, float)) and c[key] > 0})
 
 
+def _plain_label(value: float, _position: Any) -> str:
+    return f"{value:g}"
+
+
 def _roofline(axes: Any, cases: Sequence[Row]) -> None:
     """Left: achieved FLOP rate against arithmetic intensity, under the bandwidth slope and the measured
     compute roof. Right: achieved bandwidth against the bytes a step reads, under the peak."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    _plain = FuncFormatter(_plain_label)
     ax1, ax2 = axes
     for (dtype, cache), mine in _series(cases, "arithmetic_intensity_flops_per_byte"):
         marker = _STYLE.get(cache, ("-.", "x"))[1]
@@ -142,6 +149,12 @@ def _roofline(axes: Any, cases: Sequence[Row]) -> None:
             title="Roofline: every case under the machine's roofs")
     ax2.set(xscale="log", yscale="log", xlabel="MiB one decode step reads (weights + KV cache + states)",
             ylabel="achieved GB/s (bytes per step / TPOT)", title="Achieved bandwidth against the bytes a step reads")
+    for ax in (ax1, ax2):  # plain numbers; minor ticks labelled only on an axis of under 1.5 decades
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            axis.set_major_formatter(_plain)
+            axis.set_minor_formatter(_plain if hi < 30 * lo else NullFormatter())
+        ax.tick_params(which="both", labelsize=7)
+        ax.tick_params(axis="x", which="both", labelrotation=45)
 
 
 def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
