@@ -55,12 +55,13 @@ from kvperf.tiers import (
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from kvperf.measure.ceilings import MachineCeilings
     from kvperf.measure.harness import GenerationResult
 
 #: The baselines and the regression gate are a plugin of their own, registered with this one.
 pytest_plugins = ["kvperf.plugin_gate"]
 
-__all__ = ["KvperfConfig", "add_option", "kvperf_config_of"]
+__all__ = ["KvperfConfig", "add_option", "kvperf_config_of", "session_ceilings"]
 
 _DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 
@@ -243,6 +244,9 @@ _PLANNED_KEY = pytest.StashKey[int]()
 #: Cases whose rounds the budget lowered: name -> (rounds run, rounds of the tier, one call's seconds).
 BUDGETED_KEY = pytest.StashKey["dict[str, tuple[int, int, float]]"]()
 _MODELS_KEY = pytest.StashKey["dict[tuple[str, str, str], PreTrainedModel]"]()
+#: The machine's roofline ceilings, measured once per session at the first case (``session_ceilings``);
+#: ``kvperf.plugin_gate`` records them in the environment of the results.
+CEILINGS_KEY = pytest.StashKey["MachineCeilings"]()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -389,6 +393,7 @@ def kvperf_bench(
 
     from kvperf.measure.bench import benchmark_generation, extra_info
     from kvperf.measure.oom import out_of_memory_as_error, requested_size
+    from kvperf.measure.roofline import case_roofline
 
     def run(case: Case | GenerationSpec, dtype: str | None = None) -> list[GenerationResult]:
         if isinstance(case, GenerationSpec):
@@ -435,9 +440,30 @@ def kvperf_bench(
             results, experiment=case.experiment, tier=kvperf_config.tier.name, model=kvperf_config.model,
             torch_threads=torch.get_num_threads(),
         ))
+        benchmark.extra_info.update(case_roofline(benchmark.extra_info, session_ceilings(pytestconfig, device))
+                                    .summary())
         return results
 
     return run
+
+
+def session_ceilings(config: pytest.Config, device: str) -> MachineCeilings:
+    """The machine's roofline ceilings (``kvperf.measure.ceilings``), measured at the first call of the
+    session, untimed and between cases, with the threads the benchmarks use; the same value after."""
+    if CEILINGS_KEY not in config.stash:
+        import torch
+
+        from kvperf.measure.ceilings import measure_ceilings
+
+        gpu, gpu_name = None, None
+        if torch.device(device).type == "cuda":
+            from kvperf.gate.env import current_environment
+
+            env = current_environment("cuda", root=config.rootpath)
+            # The GPU telemetry (kvperf.measure.telemetry) where this kvperf records it, else the name alone.
+            gpu, gpu_name = getattr(env, "gpu", None), env.gpu_name
+        config.stash[CEILINGS_KEY] = measure_ceilings(device, gpu, gpu_name)
+    return config.stash[CEILINGS_KEY]
 
 
 def _check_fits(model: PreTrainedModel, spec: GenerationSpec, name: str) -> None:

@@ -403,3 +403,22 @@ def test_the_same_hardware_on_another_machine_compares_peak_memory_but_not_timin
     old = run({CASE: info(BASE)}, env=ENV)  # a baseline made before kvperf recorded the machine
     assert compare(old, run({CASE: info(BASE)}, env=here), timings="report").notes[-1] == (
         "timings not compared: the machines differ in machine_id (not recorded in the baseline)")
+
+
+def test_the_bandwidth_fraction_is_shown_beside_the_verdicts_and_never_gates():
+    # a 20% slower run with a lower bandwidth fraction, timings reported: the fraction is information only
+    slow = [t * 1.20 for t in BASE]
+    base = {**info(BASE), "bandwidth_fraction": 0.25}
+    cur = {**info(slow), "bandwidth_fraction": 0.20}
+    other = "test_matrix[cache=off-bs=1-prompt=8-new=4-fp32]"
+    comparison = compare(run({CASE: base, other: info(BASE)}), run({CASE: cur, other: info(BASE)}), timings="report")
+    assert [(b.case, b.baseline, b.current) for b in comparison.bandwidth_fractions] == [(CASE, 0.25, 0.20)]
+    assert "bandwidth_fraction" not in {v.metric for v in comparison.verdicts}
+    assert comparison.exit_code == 0
+    text = render_table(comparison)
+    assert ("bandwidth fraction of the peak (information, never gates; kvperf report shows each peak):" in text)
+    row = next(line for line in text.splitlines() if line.startswith(f"  {CASE}"))
+    assert row.split() == [CASE, "25.0%", "20.0%", "-20.0%"]
+    assert f"| `{CASE}` | 25.0% | 20.0% | -20.0% |" in render_markdown(comparison)
+    assert comparison.to_json()["bandwidth_fractions"] == [
+        {"case": CASE, "model": "tiny-gpt2", "baseline": 0.25, "current": 0.20}]

@@ -193,8 +193,8 @@ def test_the_harness_reads_the_counter_outside_its_clocks(monkeypatch):
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("energy_j", -1.0, "a finite number of at least 0 or null"),
-        ("energy_per_token_j", "1 J", "a finite number of at least 0 or null"),
+        ("energy_j", -1.0, "a finite number of at least 0, or null"),
+        ("energy_per_token_j", "1 J", "a finite number of at least 0, or null"),
         ("energy_note", 5, "a string or null"),
     ],
 )

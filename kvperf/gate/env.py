@@ -100,6 +100,14 @@ class Environment:
     #: NVML's description of the GPU the run used (NVML's GPU 0 for a CPU run), all None with the reason
     #: where there is none; None in results made before kvperf recorded it. Never part of the key.
     gpu: GpuTelemetry | None = None
+    #: The roofline's ceilings (``kvperf.measure.ceilings.MachineCeilings``), measured once per pytest
+    #: session: the peak memory bandwidth and how it was found (or why it is None), the measured FLOP
+    #: rate, the CPU's last-level cache. Not part of the key: they describe the machine, not identify it.
+    peak_bandwidth_bytes_per_s: float | None = None
+    peak_bandwidth_note: str | None = None
+    peak_flops_per_s: float | None = None
+    peak_flops_note: str | None = None
+    last_level_cache_bytes: int | None = None
 
     def key(self) -> str:
         """A directory name for this environment's baselines, e.g.

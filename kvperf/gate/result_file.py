@@ -56,12 +56,18 @@ _NULLABLE_BYTES = ("kv_cache_formula_bytes", "weights_bytes", "peak_above_weight
 _COUNTS = ("batch_size", "prompt_len", "new_tokens", "generated_tokens", "rounds")
 #: Finite numbers of at least 0.
 _AMOUNTS = ("flops", "flops_per_token", "prefill_flops", "decode_flops_per_token")
+#: The roofline's numbers (``kvperf.measure.roofline``): finite numbers of at least 0, or null where kvperf
+#: cannot know them (``roofline_note`` says why).
+_ROOFLINE_AMOUNTS = ("decode_bytes_per_step", "decode_weights_bytes", "decode_kv_bytes_per_step",
+                     "decode_state_bytes", "decode_flops_per_step", "achieved_bandwidth_bytes_per_s",
+                     "achieved_flops_per_s", "peak_bandwidth_bytes_per_s", "bandwidth_fraction",
+                     "arithmetic_intensity_flops_per_byte", "peak_flops_per_s")
 _TEXTS = ("model", "cache", "dtype", "device", "experiment")
 #: Per-round CPU contention (``kvperf.gate.env.CpuContention``) and energy (``kvperf.measure.energy``):
 #: finite numbers of at least 0, or null where the OS or the hardware cannot tell.
 _CONTENTION = ("cpu_wait_samples", "cpu_others_samples", "energy_j_samples")
 #: Finite numbers of at least 0, or null with the reason beside them (``energy_note``).
-_NULLABLE_AMOUNTS = ("energy_j", "energy_per_token_j")
+_NULLABLE_AMOUNTS = (*_ROOFLINE_AMOUNTS, "energy_j", "energy_per_token_j")
 #: Strings, or null.
 _NULLABLE_TEXTS = ("energy_note", "energy_source")
 
@@ -153,7 +159,7 @@ def _check_value(name: str, value: Any) -> str | None:
         return None if ok else "a whole number of at least 1"
     if name in _AMOUNTS or name in _NULLABLE_AMOUNTS:
         ok = (_is_number(value) and 0 <= value < math.inf) or (value is None and name in _NULLABLE_AMOUNTS)
-        return None if ok else "a finite number of at least 0" + (" or null" if name in _NULLABLE_AMOUNTS else "")
+        return None if ok else "a finite number of at least 0" + (", or null" if name in _NULLABLE_AMOUNTS else "")
     if name in _NULLABLE_TEXTS:
         return None if value is None or isinstance(value, str) else "a string or null"
     if name in _TEXTS:
@@ -200,8 +206,9 @@ def check_case(info: Mapping[str, Any], where: str, source: str, *, required: tu
 
 
 def _allowed_types(hint: Any) -> tuple[type, ...]:
-    """``str | None`` -> ``(str, NoneType)``."""
-    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    """``str | None`` -> ``(str, NoneType)``; a ``float`` takes an ``int`` too (JSON writes ``2e10`` either way)."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return (*allowed, int) if float in allowed and int not in allowed else allowed
 
 
 def _check_types(data: Mapping[str, Any], cls: type, where: str, source: str) -> None:

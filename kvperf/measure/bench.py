@@ -27,6 +27,7 @@ from kvperf.measure.harness import (
     time_generation,
 )
 from kvperf.measure.prompts import make_prompts
+from kvperf.measure.roofline import decode_bytes
 from kvperf.measure.work import measure_work
 from kvperf.spec import GenerationSpec
 
@@ -50,7 +51,8 @@ def benchmark_generation(
     before_round: Callable[[], None] | None = None,
 ) -> list[GenerationResult]:
     """Time ``spec`` with ``benchmark.pedantic`` (one generate call per round, after warm-up rounds),
-    then measure peak memory and count FLOPs (``kvperf.measure.work``) in untimed calls. Returns one result
+    then measure peak memory and count FLOPs (``kvperf.measure.work``) in untimed calls, and add the bytes
+    one decode step reads (``kvperf.measure.roofline``). Returns one result
     per timed round.
 
     Also writes to ``benchmark.extra_info`` what the results don't carry: the FLOP counts, and
@@ -85,6 +87,10 @@ def benchmark_generation(
         benchmark.extra_info["kv_cache_formula_bytes"] = spec_kv_cache_bytes(model.config, spec, model.dtype)
     except UsageError as exc:
         benchmark.extra_info.update(kv_cache_formula_bytes=None, kv_cache_formula_note=str(exc))
+    # The bytes one decode step reads (weights, the formula's cache, states), for the roofline
+    # (kvperf.measure.roofline); null with the reason where the formula cannot know them.
+    benchmark.extra_info.update(decode_bytes(model, spec.cache, spec.batch_size, spec.prompt_len,
+                                             spec.new_tokens).summary())
     benchmark.extra_info["cpu_wait_samples"] = [c.wait for c in contention[-len(timed):]]
     benchmark.extra_info["cpu_others_samples"] = [c.others for c in contention[-len(timed):]]
     return [result_from_timing(model, spec, timing, peak) for timing in timed]

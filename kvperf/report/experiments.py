@@ -199,6 +199,37 @@ def _formula_table(cases: list[Row]) -> Table:
                  tuple(unique.values()), (f"{exact} of {len(unique)} cases agree to the byte.", *refusals))
 
 
+def _gbs(value: Any) -> str:
+    return "null" if value is None else f"{value / 1e9:.3g}"
+
+
+def _roofline_table(cases: list[Row]) -> Table:
+    """Every case against the memory-bandwidth limit (``kvperf.measure.roofline``)."""
+    rows: list[tuple[str, ...]] = []
+    notes: dict[str, int] = {}
+    peaks: dict[tuple[Any, Any], None] = {}
+    for c in _sorted(cases, "cache", "dtype", "batch_size", "prompt_len", "new_tokens"):
+        fraction, intensity = c.get("bandwidth_fraction"), c.get("arithmetic_intensity_flops_per_byte")
+        nbytes = c.get("decode_bytes_per_step")
+        mark = ""
+        if c.get("roofline_note"):
+            mark = f"[{notes.setdefault(str(c['roofline_note']), len(notes) + 1)}]"
+        if c.get("peak_bandwidth_bytes_per_s") is not None or c.get("peak_bandwidth_note"):
+            peaks[(c.get("peak_bandwidth_bytes_per_s"), c.get("peak_bandwidth_note"))] = None
+        rows.append((str(c.get("experiment", "custom")), c["cache"], c["dtype"], str(c["batch_size"]),
+                     str(c["prompt_len"]), str(c["new_tokens"]), _ms(c["tpot_s"]),
+                     "null" if nbytes is None else _mib(nbytes), _gbs(c.get("achieved_bandwidth_bytes_per_s")),
+                     "null" if fraction is None else f"{fraction:.1%}",
+                     "null" if intensity is None else f"{intensity:.3g}", mark))
+    lines = [f"peak bandwidth {_gbs(peak)} GB/s: {note or 'no note'}" for peak, note in peaks]
+    lines.append("bytes/step: weights + the formula's KV cache (mean over the decode steps) + recurrent states; "
+                 "achieved = bytes/step / TPOT; FLOP/byte = decode FLOPs per step / bytes per step.")
+    lines += [f"[{n}] {note}" for note, n in notes.items()]
+    return Table("Roofline: decode against the memory-bandwidth limit",
+                 ("experiment", "cache", "dtype", "batch", "prompt", "new", "TPOT ms", "MiB/step", "achieved GB/s",
+                  "of peak", "FLOP/byte", "note"), tuple(rows), tuple(lines))
+
+
 _BUILDERS: dict[str, Callable[[list[Row]], Table]] = {
     "matrix": _matrix_table, "length": _length_table, "batch": _batch_table,
     "context": _context_table, "first_token": _first_token_table,
@@ -218,4 +249,7 @@ def make_tables(cases: list[Row]) -> list[Table]:
     cached = [c for c in cases if c["cache"] != "off" and "kv_cache_formula_bytes" in c]
     if cached:
         tables.append(_formula_table(cached))
+    roofline = [c for c in cases if "decode_bytes_per_step" in c]
+    if roofline:
+        tables.append(_roofline_table(roofline))
     return tables
