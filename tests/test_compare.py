@@ -227,6 +227,20 @@ def test_cpu_time_metrics_keep_the_rounds_that_waited():
     assert verdicts(comparison, "ttft_cpu") == []
 
 
+def test_energy_is_compared_on_request_and_never_from_a_null():
+    """Energy per round (a GPU counter or RAPL) gates only with a threshold; where a side has no counter
+    (null samples) it is not tested, and says so."""
+    joules = {**info(BASE), "energy_j_samples": [2.0, 2.1, 1.9, 2.0, 2.0], "energy_j": 2.0}
+    more = {**info(BASE), "energy_j_samples": [3.0, 3.1, 2.9, 3.0, 3.0], "energy_j": 3.0}
+    assert verdicts(compare(run({CASE: joules}), run({CASE: more})), "energy") == []
+    assert verdicts(compare(run({CASE: joules}), run({CASE: more}), thresholds={"energy": 10}),
+                    "energy") == ["regressed"]
+    unread = {**info(BASE), "energy_j_samples": [None] * 5, "energy_j": None}
+    (verdict,) = [v for v in compare(run({CASE: joules}), run({CASE: unread}), thresholds={"energy": 10}).verdicts
+                  if v.metric == "energy"]
+    assert verdict.verdict == "unchanged" and verdict.note == "no raw samples: not tested"
+
+
 def test_deterministic_metrics_are_compared_exactly():
     comparison = compare(run({CASE: info(BASE, flops=1_000_000, kv=4096, peak=10_000)}),
                          run({CASE: info(BASE, flops=1_000_001, kv=2048, peak=10_000)}))
@@ -256,9 +270,10 @@ def test_thresholds_parse(items, expected):
 
 @pytest.mark.parametrize(("item", "message"), [
     ("tpot", "bad threshold 'tpot': write METRIC=PCT with METRIC one of e2e, ttft, tpot, tokens_per_s, "
-             "e2e_cpu, ttft_cpu, tpot_cpu, peak_memory, kv_bytes, flops_per_token, e.g. tpot=5"),
+             "e2e_cpu, ttft_cpu, tpot_cpu, energy, peak_memory, kv_bytes, flops_per_token, e.g. tpot=5"),
     ("latency=5", "bad threshold 'latency=5': write METRIC=PCT with METRIC one of e2e, ttft, tpot, "
-                  "tokens_per_s, e2e_cpu, ttft_cpu, tpot_cpu, peak_memory, kv_bytes, flops_per_token, e.g. tpot=5"),
+                  "tokens_per_s, e2e_cpu, ttft_cpu, tpot_cpu, energy, peak_memory, kv_bytes, flops_per_token, "
+                  "e.g. tpot=5"),
     ("tpot=fast", "bad threshold 'tpot=fast': 'fast' is not a percentage, e.g. tpot=5"),
     ("tpot=-1", "bad threshold 'tpot=-1': use a percentage in [0, 1000), e.g. tpot=5"),
 ])

@@ -132,6 +132,10 @@ METRICS: tuple[Metric, ...] = (
            default_threshold_pct=10.0, cpu_time=True, opt_in=True),
     Metric("tpot_cpu", "tpot_cpu_s", "TPOT CPU", "s", timing=True, higher_is_better=False,
            default_threshold_pct=5.0, cpu_time=True, opt_in=True),
+    # Energy of the timed call (GPU counter or RAPL, ``kvperf.measure.energy``), per round like a timing and
+    # as noisy: compared only on request (``--threshold energy=10``), where the counter exists.
+    Metric("energy", "energy_j", "energy", "J", timing=True, higher_is_better=False,
+           default_threshold_pct=10.0, opt_in=True),
     Metric("peak_memory", "peak_memory_bytes", "peak memory", "B", timing=False, higher_is_better=False,
            default_threshold_pct=0.0),
     Metric("kv_bytes", "kv_cache_bytes", "KV bytes", "B", timing=False, higher_is_better=False,

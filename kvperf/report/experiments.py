@@ -230,6 +230,28 @@ def _roofline_table(cases: list[Row]) -> Table:
                   "of peak", "FLOP/byte", "note"), tuple(rows), tuple(lines))
 
 
+def _energy_table(cases: list[Row]) -> Table:
+    """Energy of the timed generate calls (``kvperf.measure.energy``): a row per measured case; the cases
+    that have none are counted under their reason, never given a number."""
+    rows: list[tuple[str, ...]] = []
+    missing: dict[str, int] = {}
+    for c in _sorted(cases, "cache", "dtype", "batch_size", "prompt_len", "new_tokens"):
+        if c.get("energy_j") is None:
+            reason = str(c.get("energy_note") or "no reason recorded")
+            missing[reason] = missing.get(reason, 0) + 1
+            continue
+        per_token = c.get("energy_per_token_j")
+        rows.append((str(c.get("experiment", "custom")), c["cache"], c["dtype"], str(c["batch_size"]),
+                     str(c["prompt_len"]), str(c["new_tokens"]), f"{c['energy_j']:.4g}",
+                     "null" if per_token is None else f"{per_token * 1e3:.4g}", str(c.get("energy_source") or "")))
+    notes = ["energy_j: the whole timed generate call, prefill included; per token: divided by the generated "
+             "tokens (median over the rounds)."]
+    notes += [f"null in {n} of {len(cases)} cases: {reason}" for reason, n in missing.items()]
+    return Table("Energy of the timed generate calls",
+                 ("experiment", "cache", "dtype", "batch", "prompt", "new", "energy J", "mJ/token", "counter"),
+                 tuple(rows), tuple(notes))
+
+
 _BUILDERS: dict[str, Callable[[list[Row]], Table]] = {
     "matrix": _matrix_table, "length": _length_table, "batch": _batch_table,
     "context": _context_table, "first_token": _first_token_table,
@@ -252,4 +274,7 @@ def make_tables(cases: list[Row]) -> list[Table]:
     roofline = [c for c in cases if "decode_bytes_per_step" in c]
     if roofline:
         tables.append(_roofline_table(roofline))
+    energy = [c for c in cases if "energy_j" in c]
+    if energy:
+        tables.append(_energy_table(energy))
     return tables
