@@ -8,7 +8,8 @@ Why it is built this way:
   chosen; it reads the clock there. The first token marks the end of prefill (TTFT), the gaps between
   tokens are the inter-token latencies of the decode steps.
 * **Device sync before every clock read.** CUDA kernels run asynchronously: without a sync the clock
-  measures how fast Python queued work, not how fast the GPU did it.
+  measures how fast Python queued work, not how fast the GPU did it. A model split over several GPUs
+  by a device map has every one of them synchronised (``kvperf.measure.devices``).
 * **A fixed token count, at no added cost.** Greedy decoding with ``max_new_tokens`` and EOS stopping
   turned off (``eos_token_id=None``): no sequence can end early, so every run produces exactly
   ``batch_size * new_tokens`` tokens, which the harness checks in the output after the call. The
@@ -43,7 +44,8 @@ from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
 from kvperf.gate.fingerprint import output_sha256
-from kvperf.kv.kv_size import measure_cache_bytes, returned_cache
+from kvperf.kv.kv_size import measure_cache_bytes_by_device, returned_cache
+from kvperf.measure.devices import input_device, model_devices, synchronize
 from kvperf.measure.memory import PeakMemory, measure_peak
 from kvperf.measure.prompts import make_prompts, pad_token_id
 from kvperf.spec import GenerationSpec
@@ -63,9 +65,8 @@ __all__ = [
 class _TokenClock(BaseStreamer):
     """Records a timestamp for every batch of new tokens that ``generate`` hands to its streamer."""
 
-    def __init__(self, device: torch.device, slowdown: float = 0.0) -> None:
-        self._sync = device.type == "cuda"
-        self._device = device
+    def __init__(self, devices: tuple[torch.device, ...], slowdown: float = 0.0) -> None:
+        self._gpus = tuple(d for d in devices if d.type == "cuda")
         self._saw_prompt = False
         self.stamps_s: list[float] = []
         self.cpu_stamps_s: list[float] = []
@@ -76,8 +77,7 @@ class _TokenClock(BaseStreamer):
         if not self._saw_prompt:  # generate first streams the prompt itself
             self._saw_prompt = True
             return
-        if self._sync:
-            torch.cuda.synchronize(self._device)
+        synchronize(self._gpus)
         self.stamps_s.append(time.perf_counter())
         self.cpu_stamps_s.append(time.thread_time())
         if self._slowdown:
@@ -124,6 +124,8 @@ class GenerationTiming:
     itl_cpu_s: tuple[float, ...] = ()
     #: SHA-256 of the generated token ids (``kvperf.gate.fingerprint.output_sha256``).
     output_sha256: str | None = None
+    #: ``kv_cache_bytes`` per device the cache's tensors are on (empty with the cache off).
+    kv_cache_bytes_by_device: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,11 @@ class GenerationResult:
     #: SHA-256 of the token ids the timed call generated (``kvperf.gate.fingerprint``): the same in every round
     #: of a case in one environment (greedy, seeded), so a comparison can tell when the output changed.
     output_sha256: str | None = None
+    #: ``peak_memory_bytes`` per device the model uses (``cpu``, ``cuda:0``, ...; one entry unless a device
+    #: map split the model), summing to it; empty when not measured.
+    peak_memory_bytes_by_device: dict[str, int] = field(default_factory=dict)
+    #: ``kv_cache_bytes`` per device the cache's tensors are on, summing to it; empty with the cache off.
+    kv_cache_bytes_by_device: dict[str, int] = field(default_factory=dict)
 
     @property
     def itl_p50_s(self) -> float:
@@ -224,10 +231,6 @@ def generate_kwargs(model: PreTrainedModel, spec: GenerationSpec) -> dict[str, A
     return kwargs
 
 
-def _device(model: PreTrainedModel) -> torch.device:
-    return next(model.parameters()).device
-
-
 #: What ``generate`` keeps on a model between static-cache calls, by release: from 5.15 the largest
 #: ``max_cache_len`` of earlier calls (``_previous_max_cache_length``), before it the static cache
 #: itself (``_cache``), reused and reset whenever it is at least as long and as wide as the new call needs.
@@ -277,31 +280,31 @@ def time_generation(
     attention_mask: torch.Tensor,
 ) -> GenerationTiming:
     """Time one ``generate`` call for ``spec`` on the given prompts (no warm-up, no memory pass)."""
-    device = _device(model)
-    clock = _TokenClock(device, slowdown=_test_decode_slowdown())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    devices = model_devices(model)  # every one of them is synchronised before each clock read
+    clock = _TokenClock(devices, slowdown=_test_decode_slowdown())
+    synchronize(devices)
     start = time.perf_counter()
     start_cpu = time.thread_time()
     out = _generate(model, spec, input_ids, attention_mask, streamer=clock)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(devices)
     end = time.perf_counter()
     end_cpu = time.thread_time()
     generated = _count_generated(out, input_ids.shape[1], spec)
     stamps = clock.stamps_s
     if len(stamps) != spec.new_tokens:
         raise RuntimeError(f"expected {spec.new_tokens} streamed steps, got {len(stamps)}")
+    kv_by_device = measure_cache_bytes_by_device(returned_cache(out)) if spec.cache != "off" else {}
     return GenerationTiming(
         e2e_s=end - start,
         ttft_s=stamps[0] - start,
         itl_s=tuple(b - a for a, b in pairwise(stamps)),
         generated_tokens=generated,
-        kv_cache_bytes=measure_cache_bytes(returned_cache(out)) if spec.cache != "off" else 0,
+        kv_cache_bytes=sum(kv_by_device.values()),
         e2e_cpu_s=end_cpu - start_cpu,
         ttft_cpu_s=clock.cpu_stamps_s[0] - start_cpu,
         itl_cpu_s=tuple(b - a for a, b in pairwise(clock.cpu_stamps_s)),
         output_sha256=output_sha256(out.sequences, input_ids.shape[1]),
+        kv_cache_bytes_by_device=kv_by_device,
     )
 
 
@@ -320,7 +323,7 @@ def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: Gen
     decode_steps = spec.new_tokens - 1
     return GenerationResult(
         spec=spec,
-        device=str(param.device),
+        device=str(input_device(model)),
         dtype=str(param.dtype).removeprefix("torch."),
         e2e_s=timing.e2e_s,
         ttft_s=timing.ttft_s,
@@ -339,6 +342,8 @@ def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: Gen
         peak_activations_bytes=peak.peak_activations_bytes if peak is not None else None,
         peak_memory_note=peak.note if peak is not None else "peak memory was not measured",
         output_sha256=timing.output_sha256,
+        peak_memory_bytes_by_device=peak.total_bytes_by_device if peak is not None else {},
+        kv_cache_bytes_by_device=dict(timing.kv_cache_bytes_by_device),
     )
 
 
