@@ -122,3 +122,14 @@ def test_kv_bytes_are_summed_over_the_devices_of_the_layers():
     assert by_device["cpu"] == 2 * 2 * 5 * 4 * 4 and set(by_device) == {"cpu", "meta"}
     assert sum(by_device.values()) == measure_cache_bytes(cache)
     assert measure_cache_bytes_by_device(None) == {}
+
+
+@pytest.mark.parametrize("value", [[1, 2], {"cuda:0": -1}, {"cuda:0": 1.5}, {"cpu": True}, 7])
+def test_a_damaged_per_device_field_is_refused_by_the_reader(value):
+    from kvperf.errors import BadInputError
+    from kvperf.gate.result_file import check_case
+
+    check_case({"peak_memory_bytes_by_device": {"cpu": 10, "cuda:0": 0}}, "benchmarks[0]", "f.json")
+    with pytest.raises(BadInputError, match=r"^f\.json: benchmarks\[0\]: 'kv_cache_bytes_by_device' is .*, not an "
+                                            r"object of device name to a whole number of bytes: "):
+        check_case({"kv_cache_bytes_by_device": value}, "benchmarks[0]", "f.json")

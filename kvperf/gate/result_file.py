@@ -56,6 +56,8 @@ _COUNTS = ("batch_size", "prompt_len", "new_tokens", "generated_tokens", "rounds
 #: Finite numbers of at least 0.
 _AMOUNTS = ("flops", "flops_per_token", "prefill_flops", "decode_flops_per_token")
 _TEXTS = ("model", "cache", "dtype", "device", "experiment")
+#: Byte counts per device (``cpu``, ``cuda:0``, ...): objects of device name to a whole number of bytes.
+_BY_DEVICE = ("peak_memory_bytes_by_device", "kv_cache_bytes_by_device")
 #: Per-round CPU contention (``kvperf.gate.env.CpuContention``): finite numbers of at least 0, or null.
 _CONTENTION = ("cpu_wait_samples", "cpu_others_samples")
 
@@ -150,6 +152,10 @@ def _check_value(name: str, value: Any) -> str | None:
         return None if ok else "a finite number of at least 0"
     if name in _TEXTS:
         return None if isinstance(value, str) else "a string"
+    if name in _BY_DEVICE:
+        ok = isinstance(value, dict) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values())
+        return None if ok else "an object of device name to a whole number of bytes"
     return None
 
 
