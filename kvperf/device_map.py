@@ -1,16 +1,17 @@
 """Device maps: a model spread over several devices by accelerate, for models that do not fit one GPU.
 
 A device map says which device holds each module: ``{"transformer.h.0": 0, "transformer.h.1": 1,
-...}`` (an ``int`` is a GPU index), or ``"auto"``, which lets accelerate fill the GPUs in order and put
-what does not fit on the CPU. kvperf takes one through ``load_model(device_map=...)``,
-``--kvperf-device-map auto|FILE.json`` under pytest and ``kvperf run --device-map``.
+...}`` (an ``int`` is a GPU index), or ``"auto"``, which lets accelerate spread the modules evenly
+over the GPUs and put what does not fit on the CPU. kvperf takes one through
+``load_model(device_map=...)``, ``--kvperf-device-map auto|FILE.json`` under pytest and
+``kvperf run --device-map``.
 
 The device (``--kvperf-device``) still says where the model computes, and the map how it is spread
-there: with ``cuda``, ``auto`` spreads over every visible GPU (``CUDA_VISIBLE_DEVICES`` chooses
-them), and a ``cpu`` entry offloads its modules to host memory (accelerate copies them to the GPU for
-their forward); with ``cpu``, ``auto`` and every entry place modules on the CPU, which is how the
-multi-device path is tested without a GPU. ``disk`` entries are refused: a disk-offloaded model times
-its file reads, and kvperf cannot count the memory of memory-mapped weights.
+there: with ``cuda``, ``auto`` spreads the modules over every visible GPU (``CUDA_VISIBLE_DEVICES``
+chooses them), and a ``cpu`` entry offloads its modules to host memory (accelerate copies them to
+the GPU for their forward); with ``cpu``, ``auto`` and every entry place modules on the CPU, which
+is how the multi-device path is tested without a GPU. ``disk`` entries are refused: a disk-offloaded
+model times its file reads, and kvperf cannot count the memory of memory-mapped weights.
 
 accelerate is an optional dependency: ``pip install 'kvperf[multi-device]'``.
 """
@@ -126,15 +127,17 @@ def check_modules(model: nn.Module, device_map: Mapping[str, int | str], option:
 
 
 def _auto(model: nn.Module, device: torch.device, dtype: torch.dtype) -> dict[str, int | str]:
-    """accelerate's ``auto`` map of ``model``: over the visible GPUs, then the CPU, on ``cuda``; on the CPU
-    alone on ``cpu``."""
-    from accelerate.utils import get_max_memory, infer_auto_device_map
+    """The ``auto`` map of ``model``, as transformers makes it for ``from_pretrained(device_map="auto")``:
+    on ``cuda``, accelerate's balanced map (the modules spread evenly over the visible GPUs, what does not
+    fit on the CPU); on ``cpu``, host memory alone."""
+    from accelerate.utils import get_balanced_memory, get_max_memory, infer_auto_device_map
 
-    memory = get_max_memory()
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
     if device.type == "cpu":
-        memory = {"cpu": memory["cpu"]}
-    return dict(infer_auto_device_map(model, max_memory=memory, dtype=dtype,
-                                      no_split_module_classes=getattr(model, "_no_split_modules", None) or []))
+        memory = {"cpu": get_max_memory()["cpu"]}
+    else:
+        memory = get_balanced_memory(model, dtype=dtype, no_split_module_classes=no_split)
+    return dict(infer_auto_device_map(model, max_memory=memory, dtype=dtype, no_split_module_classes=no_split))
 
 
 def dispatch(model: nn.Module, device_map: DeviceMap, device: torch.device,

@@ -464,6 +464,8 @@ def kvperf_bench(
             results, experiment=case.experiment, tier=kvperf_config.tier.name, model=kvperf_config.model,
             torch_threads=torch.get_num_threads(),
         ))
+        if kvperf_config.device_map is not None:  # how the model was spread (a run without a map: no entry)
+            benchmark.extra_info["device_map"] = kvperf_config.device_map
         return results
 
     return run

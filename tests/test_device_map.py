@@ -183,6 +183,7 @@ def test_the_plugin_loads_the_model_by_the_map_and_records_per_device(pytester: 
     info = json.loads((pytester.path / "out.json").read_text())["benchmarks"][0]["extra_info"]
     assert info["peak_memory_bytes_by_device"] == {"cpu": info["peak_memory_bytes"]}
     assert info["kv_cache_bytes_by_device"] == {"cpu": info["kv_cache_bytes"]}
+    assert info["device_map"] == GPT2_SPLIT
 
 
 @needs_accelerate
@@ -199,9 +200,8 @@ def test_the_plugin_refuses_a_map_of_unknown_modules_at_start_up(pytester: pytes
 @pytest.mark.gpu
 @needs_accelerate
 def test_auto_on_the_gpus_matches_one_gpu():
-    """Where GPUs exist: ``auto`` spreads tiny-llama-gqa over them (one GPU holds it whole); the tokens
-    and KV bytes equal those of the model on ``cuda:0``, and the per-device figures name every device
-    of the map."""
+    """Where GPUs exist: ``auto`` spreads tiny-llama-gqa evenly over them; the tokens and KV bytes equal
+    those of the model on ``cuda:0``, and the per-device figures sum to the totals."""
     spec = replace(SPEC, prompt_len=16)
     single = run_generation(load_model("tiny-llama-gqa", device="cuda"), spec, warmup_runs=0)
     spread = run_generation(load_model("tiny-llama-gqa", device="cuda", device_map="auto"), spec, warmup_runs=0)
