@@ -49,9 +49,8 @@ def model_devices(model: nn.Module) -> tuple[torch.device, ...]:
     hf_map = getattr(model, "hf_device_map", None)
     if isinstance(hf_map, dict):
         names |= {device_name(v) for v in hf_map.values() if str(v) not in _NOT_COMPUTING}
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.device.type not in _NOT_COMPUTING:
-            names.add(device_name(tensor.device))
+    held = {tensor.device for tensor in [*model.parameters(), *model.buffers()]}
+    names |= {device_name(d) for d in held if d.type not in _NOT_COMPUTING}
     if not names:  # every weight offloaded: accelerate computes on its execution device
         names.add(str(input_device(model)))
     return tuple(sorted((torch.device(n) for n in names), key=_sort_key))
