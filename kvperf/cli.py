@@ -84,12 +84,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kvperf.spec import GenerationSpec
 
     _check_run_args(args)
+    device_map = None
+    if args.device_map is not None:
+        from kvperf.device_map import check_device_map, parse_device_map
+
+        device_map = parse_device_map(args.device_map, "--device-map")
+        check_device_map(device_map, "--device-map", args.device)
     spec = GenerationSpec(cache=args.cache, batch_size=args.batch, prompt_len=args.prompt,
                           new_tokens=args.new_tokens, seed=args.seed)
     with out_of_memory_as_error(requested_size(spec, args.dtype, args.device), args.device,
                                 hint="use a smaller --batch, --prompt or --new-tokens, or a smaller --dtype"):
         model = load_model(args.model, dtype=args.dtype, device=args.device,
-                           trust_remote_code=args.trust_remote_code)
+                           trust_remote_code=args.trust_remote_code, device_map=device_map)
         result = run_generation(model, spec, warmup_runs=args.warmup)
     summary = {"model": args.model, "spec": spec.case_id(), **result.summary()}
     if args.json:
@@ -111,6 +117,9 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device-map", metavar="auto|FILE.json",
+                   help="spread the model over several devices with accelerate: auto, or a JSON file of module "
+                        "name to device (GPU index, cuda:N or cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt tokens (0 to 2**64-1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls before the timed one (0 to 1000)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")

@@ -95,6 +95,8 @@ class KvperfConfig:
     device: str
     dtypes: tuple[str, ...]
     trust_remote_code: bool
+    #: ``--kvperf-device-map``: ``"auto"``, module name -> device, or None (the whole model on ``device``).
+    device_map: str | dict[str, int | str] | None = None
 
     @property
     def model(self) -> str:
@@ -149,7 +151,30 @@ class KvperfConfig:
                 f"model {tier.model!r} has {limit}: pass shorter --kvperf-prompt-lens / --kvperf-new-tokens"
             )
         return cls(tier=tier, device=device, dtypes=dtypes,
-                   trust_remote_code=opt("kvperf_trust_remote_code"))
+                   trust_remote_code=opt("kvperf_trust_remote_code"),
+                   device_map=_device_map(opt("kvperf_device_map"), device, model_config))
+
+
+def _device_map(raw: str | None, device: str, model_config: Any) -> str | dict[str, int | str] | None:
+    """``--kvperf-device-map``, checked at start-up against the device and the model's modules (on an
+    empty model: no weights are made)."""
+    if raw is None:
+        return None
+    from kvperf.device_map import check_device_map, check_modules, parse_device_map, require_accelerate
+
+    option = "--kvperf-device-map"
+    device_map = parse_device_map(raw, option)
+    check_device_map(device_map, option, device)
+    require_accelerate(option)
+    if isinstance(device_map, str):
+        return device_map
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(model_config)
+    check_modules(empty, device_map, option)
+    return dict(device_map)
 
 
 #: The default of every ``--kvperf-*`` option, by its dest (``add_option``).
@@ -170,6 +195,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_option(group, "--kvperf-model", default=None,
                     help="preset, local directory or cached hub id (default: the tier's model)")
     add_option(group, "--kvperf-device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    add_option(group, "--kvperf-device-map", default=None, metavar="auto|FILE.json",
+               help="spread the model over several devices with accelerate: auto, or a JSON file of module name "
+                    "to device (GPU index, cuda:N or cpu); see README 'Multi-device models'")
     add_option(group, "--kvperf-dtypes", default=None,
                     help="comma-separated dtypes (default float32,bfloat16 on CPU; float16 too on CUDA)")
     add_option(group, "--kvperf-batch-sizes", default=None, help="comma-separated batch sizes (override the tier)")
@@ -310,7 +338,8 @@ def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Ca
         key = (kvperf_config.model, dtype, kvperf_config.device)
         if key not in models:
             models[key] = load_model(kvperf_config.model, dtype=dtype, device=kvperf_config.device,
-                                     trust_remote_code=kvperf_config.trust_remote_code)
+                                     trust_remote_code=kvperf_config.trust_remote_code,
+                                     device_map=kvperf_config.device_map)
         return models[key]
 
     return get
@@ -442,6 +471,8 @@ def kvperf_bench(
         ))
         benchmark.extra_info.update(case_roofline(benchmark.extra_info, session_ceilings(pytestconfig, device))
                                     .summary())
+        if kvperf_config.device_map is not None:  # how the model was spread (a run without a map: no entry)
+            benchmark.extra_info["device_map"] = kvperf_config.device_map
         return results
 
     return run

@@ -63,6 +63,8 @@ _ROOFLINE_AMOUNTS = ("decode_bytes_per_step", "decode_weights_bytes", "decode_kv
                      "achieved_flops_per_s", "peak_bandwidth_bytes_per_s", "bandwidth_fraction",
                      "arithmetic_intensity_flops_per_byte", "peak_flops_per_s")
 _TEXTS = ("model", "cache", "dtype", "device", "experiment")
+#: Byte counts per device (``cpu``, ``cuda:0``, ...): objects of device name to a whole number of bytes.
+_BY_DEVICE = ("peak_memory_bytes_by_device", "kv_cache_bytes_by_device")
 #: Per-round CPU contention (``kvperf.gate.env.CpuContention``) and energy (``kvperf.measure.energy``):
 #: finite numbers of at least 0, or null where the OS or the hardware cannot tell.
 _CONTENTION = ("cpu_wait_samples", "cpu_others_samples", "energy_j_samples")
@@ -164,6 +166,10 @@ def _check_value(name: str, value: Any) -> str | None:
         return None if value is None or isinstance(value, str) else "a string or null"
     if name in _TEXTS:
         return None if isinstance(value, str) else "a string"
+    if name in _BY_DEVICE:
+        ok = isinstance(value, dict) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values())
+        return None if ok else "an object of device name to a whole number of bytes"
     return None
 
 

@@ -78,6 +78,7 @@ __all__ = [
     "kv_bytes_per_token",
     "kv_cache_bytes",
     "measure_cache_bytes",
+    "measure_cache_bytes_by_device",
     "measure_layer_bytes",
     "quantizable_kv_width",
     "returned_cache",
@@ -410,6 +411,20 @@ def measure_layer_bytes(cache: Any) -> tuple[int, ...]:
 
 
 def measure_cache_bytes(cache: Any) -> int:
-    """Bytes of the key and value states held by a transformers ``Cache`` (0 for ``None``); see
-    ``measure_layer_bytes``."""
+    """Bytes of the key and value states held by a transformers ``Cache`` (0 for ``None``), summed over
+    every device its layers are on; see ``measure_layer_bytes``."""
     return sum(measure_layer_bytes(cache))
+
+
+def measure_cache_bytes_by_device(cache: Any) -> dict[str, int]:
+    """``measure_cache_bytes`` per device (``cpu``, ``cuda:0``, ...): a model split by a device map keeps
+    each layer's cache on that layer's device. Empty for ``None``; the values sum to
+    ``measure_cache_bytes``."""
+    seen: set[tuple[str, int]] = set()
+    by_device: dict[str, int] = {}
+    for tensor in cache_tensors(cache):
+        device = str(tensor.device)
+        nbytes = _storage_bytes(iter((tensor,)), seen)
+        if nbytes or device not in by_device:
+            by_device[device] = by_device.get(device, 0) + nbytes
+    return by_device

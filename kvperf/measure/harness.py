@@ -8,7 +8,8 @@ Why it is built this way:
   chosen; it reads the clock there. The first token marks the end of prefill (TTFT), the gaps between
   tokens are the inter-token latencies of the decode steps.
 * **Device sync before every clock read.** CUDA kernels run asynchronously: without a sync the clock
-  measures how fast Python queued work, not how fast the GPU did it.
+  measures how fast Python queued work, not how fast the GPU did it. A model split over several GPUs
+  by a device map has every one of them synchronised (``kvperf.measure.devices``).
 * **A fixed token count, at no added cost.** Greedy decoding with ``max_new_tokens`` and EOS stopping
   turned off (``eos_token_id=None``): no sequence can end early, so every run produces exactly
   ``batch_size * new_tokens`` tokens, which the harness checks in the output after the call. The
@@ -46,7 +47,8 @@ from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
 from kvperf.gate.fingerprint import output_sha256
-from kvperf.kv.kv_size import measure_cache_bytes, returned_cache
+from kvperf.kv.kv_size import measure_cache_bytes_by_device, returned_cache
+from kvperf.measure.devices import input_device, model_devices, synchronize
 from kvperf.measure.energy import EnergyMeter, energy_meter
 from kvperf.measure.memory import PeakMemory, measure_peak
 from kvperf.measure.prompts import make_prompts, pad_token_id
@@ -67,9 +69,8 @@ __all__ = [
 class _TokenClock(BaseStreamer):
     """Records a timestamp for every batch of new tokens that ``generate`` hands to its streamer."""
 
-    def __init__(self, device: torch.device, slowdown: float = 0.0) -> None:
-        self._sync = device.type == "cuda"
-        self._device = device
+    def __init__(self, devices: tuple[torch.device, ...], slowdown: float = 0.0) -> None:
+        self._gpus = tuple(d for d in devices if d.type == "cuda")
         self._saw_prompt = False
         self.stamps_s: list[float] = []
         self.cpu_stamps_s: list[float] = []
@@ -80,8 +81,7 @@ class _TokenClock(BaseStreamer):
         if not self._saw_prompt:  # generate first streams the prompt itself
             self._saw_prompt = True
             return
-        if self._sync:
-            torch.cuda.synchronize(self._device)
+        synchronize(self._gpus)
         self.stamps_s.append(time.perf_counter())
         self.cpu_stamps_s.append(time.thread_time())
         if self._slowdown:
@@ -132,6 +132,8 @@ class GenerationTiming:
     energy_j: float | None = None
     energy_source: str | None = None
     energy_note: str | None = "energy was not measured"
+    #: ``kv_cache_bytes`` per device the cache's tensors are on (empty with the cache off).
+    kv_cache_bytes_by_device: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,11 @@ class GenerationResult:
     energy_per_token_j: float | None = None
     energy_source: str | None = None
     energy_note: str | None = "energy was not measured"
+    #: ``peak_memory_bytes`` per device the model uses (``cpu``, ``cuda:0``, ...; one entry unless a device
+    #: map split the model), summing to it; empty when not measured.
+    peak_memory_bytes_by_device: dict[str, int] = field(default_factory=dict)
+    #: ``kv_cache_bytes`` per device the cache's tensors are on, summing to it; empty with the cache off.
+    kv_cache_bytes_by_device: dict[str, int] = field(default_factory=dict)
 
     @property
     def itl_p50_s(self) -> float:
@@ -239,10 +246,6 @@ def generate_kwargs(model: PreTrainedModel, spec: GenerationSpec) -> dict[str, A
     return kwargs
 
 
-def _device(model: PreTrainedModel) -> torch.device:
-    return next(model.parameters()).device
-
-
 #: What ``generate`` keeps on a model between static-cache calls, by release: from 5.15 the largest
 #: ``max_cache_len`` of earlier calls (``_previous_max_cache_length``), before it the static cache
 #: itself (``_cache``), reused and reset whenever it is at least as long and as wide as the new call needs.
@@ -296,17 +299,15 @@ def time_generation(
 
     ``energy``: a meter of the device's energy counter (``kvperf.measure.energy.energy_meter``), read
     right before the start clocks and right after the end clocks; without one the energy is None."""
-    device = _device(model)
-    clock = _TokenClock(device, slowdown=_test_decode_slowdown())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    devices = model_devices(model)  # every one of them is synchronised before each clock read
+    clock = _TokenClock(devices, slowdown=_test_decode_slowdown())
+    synchronize(devices)
     if energy is not None:
         energy.start()  # counter read 1: after the sync, before the clocks start
     start = time.perf_counter()
     start_cpu = time.thread_time()
     out = _generate(model, spec, input_ids, attention_mask, streamer=clock)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(devices)
     end = time.perf_counter()
     end_cpu = time.thread_time()
     reading = energy.stop() if energy is not None else None  # counter read 2: after the clocks stop
@@ -314,12 +315,13 @@ def time_generation(
     stamps = clock.stamps_s
     if len(stamps) != spec.new_tokens:
         raise RuntimeError(f"expected {spec.new_tokens} streamed steps, got {len(stamps)}")
+    kv_by_device = measure_cache_bytes_by_device(returned_cache(out)) if spec.cache != "off" else {}
     return GenerationTiming(
         e2e_s=end - start,
         ttft_s=stamps[0] - start,
         itl_s=tuple(b - a for a, b in pairwise(stamps)),
         generated_tokens=generated,
-        kv_cache_bytes=measure_cache_bytes(returned_cache(out)) if spec.cache != "off" else 0,
+        kv_cache_bytes=sum(kv_by_device.values()),
         e2e_cpu_s=end_cpu - start_cpu,
         ttft_cpu_s=clock.cpu_stamps_s[0] - start_cpu,
         itl_cpu_s=tuple(b - a for a, b in pairwise(clock.cpu_stamps_s)),
@@ -327,6 +329,7 @@ def time_generation(
         energy_j=reading.energy_j if reading is not None else None,
         energy_source=reading.source if reading is not None else None,
         energy_note=reading.note if reading is not None else "energy was not measured (no meter given)",
+        kv_cache_bytes_by_device=kv_by_device,
     )
 
 
@@ -345,7 +348,7 @@ def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: Gen
     decode_steps = spec.new_tokens - 1
     return GenerationResult(
         spec=spec,
-        device=str(param.device),
+        device=str(input_device(model)),
         dtype=str(param.dtype).removeprefix("torch."),
         e2e_s=timing.e2e_s,
         ttft_s=timing.ttft_s,
@@ -368,6 +371,8 @@ def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: Gen
         energy_per_token_j=timing.energy_j / timing.generated_tokens if timing.energy_j is not None else None,
         energy_source=timing.energy_source,
         energy_note=timing.energy_note,
+        peak_memory_bytes_by_device=peak.total_bytes_by_device if peak is not None else {},
+        kv_cache_bytes_by_device=dict(timing.kv_cache_bytes_by_device),
     )
 
 
@@ -383,7 +388,7 @@ def run_generation(
     input_ids, attention_mask = make_prompts(model, spec)
     for _ in range(warmup_runs):
         _generate(model, spec, input_ids, attention_mask)
-    with energy_meter(str(_device(model))) as meter:
+    with energy_meter(str(input_device(model))) as meter:
         timing = time_generation(model, spec, input_ids, attention_mask, energy=meter)
     peak = measure_peak_memory(model, spec, input_ids, attention_mask) if measure_memory else None
     return result_from_timing(model, spec, timing, peak)
