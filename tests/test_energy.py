@@ -239,3 +239,17 @@ def test_ab_retries_merge_the_energy_of_their_rounds():
     assert info["energy_j_samples"] == [2.0, 4.0, 6.0, None, 8.0] and info["rounds"] == 5
     assert (info["energy_j"], info["energy_per_token_j"]) == (None, None)
     assert info["energy_note"] == "1 of 5 rounds not measured: no counter"
+
+
+def test_a_model_spread_over_several_gpus_gets_no_energy_with_the_reason(monkeypatch):
+    """kvperf reads one GPU's counter: for a model over two GPUs that would be a share, not the energy."""
+    import torch
+
+    from kvperf.measure import harness
+
+    monkeypatch.setattr(harness, "model_devices", lambda model: (torch.device("cuda:0"), torch.device("cuda:1")))
+    with harness.model_energy_meter(object()) as meter:  # type: ignore[arg-type]
+        meter.start()
+        reading = meter.stop()
+    assert reading.energy_j is None
+    assert reading.note is not None and "spans 2 GPUs (cuda:0, cuda:1)" in reading.note

@@ -18,12 +18,12 @@ from transformers import PreTrainedModel
 from kvperf.errors import UsageError
 from kvperf.gate.env import Contention, CpuContention
 from kvperf.kv.kv_size import spec_kv_cache_bytes
-from kvperf.measure.devices import input_device
-from kvperf.measure.energy import energy_meter, energy_summary
+from kvperf.measure.energy import energy_summary
 from kvperf.measure.harness import (
     GenerationResult,
     GenerationTiming,
     measure_peak_memory,
+    model_energy_meter,
     result_from_timing,
     time_generation,
 )
@@ -67,7 +67,7 @@ def benchmark_generation(
     timings: list[GenerationTiming] = []
     contention: list[Contention] = []
     # Made once per case, outside the rounds: opening NVML or powercap is not part of any round.
-    energy = energy_meter(str(input_device(model)))
+    energy = model_energy_meter(model)
 
     def one_call() -> None:
         meter = CpuContention()

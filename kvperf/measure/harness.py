@@ -376,6 +376,16 @@ def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: Gen
     )
 
 
+def model_energy_meter(model: PreTrainedModel) -> EnergyMeter:
+    """The energy meter of the device ``model`` computes on. A model spread over several GPUs gets none,
+    with the reason: kvperf reads one GPU's counter, and one GPU's share is not the call's energy."""
+    gpus = [str(d) for d in model_devices(model) if d.type == "cuda"]
+    if len(gpus) > 1:
+        return EnergyMeter(None, f"the model spans {len(gpus)} GPUs ({', '.join(gpus)}): kvperf reads one "
+                                 "GPU's energy counter, and one GPU's share is not the call's energy")
+    return energy_meter(str(input_device(model)))
+
+
 def run_generation(
     model: PreTrainedModel,
     spec: GenerationSpec,
@@ -388,7 +398,7 @@ def run_generation(
     input_ids, attention_mask = make_prompts(model, spec)
     for _ in range(warmup_runs):
         _generate(model, spec, input_ids, attention_mask)
-    with energy_meter(str(input_device(model))) as meter:
+    with model_energy_meter(model) as meter:
         timing = time_generation(model, spec, input_ids, attention_mask, energy=meter)
     peak = measure_peak_memory(model, spec, input_ids, attention_mask) if measure_memory else None
     return result_from_timing(model, spec, timing, peak)
