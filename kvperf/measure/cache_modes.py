@@ -115,14 +115,21 @@ def cache_unavailable(mode: str, device_type: str, config: PretrainedConfig | No
     if impl.needs_device is not None and device_type != impl.needs_device:
         return (f"cache {mode!r} ({impl.transformers.split(' (')[0]}) keeps layers in CPU memory and copies them "
                 f"to the GPU as they are needed, so it needs {impl.needs_device}, and this run is on {device_type}: "
-                f"run it with --kvperf-device {impl.needs_device} on a machine with a GPU")
+                f"run it on a GPU machine with --kvperf-device {impl.needs_device} (kvperf run: --device "
+                f"{impl.needs_device})")
     if mode in _QUANTIZED:
         missing = missing_quantized_backend(mode)
         if missing is None and config is not None:
             try:
-                quantizable_kv_width(KvShape.from_config(config))
-            except UsageError as exc:
-                return f"cache {mode!r}: {exc}"
+                shape = KvShape.from_config(config)
+            except UsageError:  # a config kvperf cannot read: transformers decides
+                return None
+            try:
+                quantizable_kv_width(shape)
+            except UsageError:
+                kinds = ", ".join(sorted(set(shape.layer_kinds)))
+                return (f"cache {mode!r} (QuantizedCache) holds full-attention layers only, and this "
+                        f"{shape.model_type} model has layers of {kinds}: use cache on or static for it")
         return missing
     if mode in COMPILED_MODES:
         return missing_compiler(device_type)
