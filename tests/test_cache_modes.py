@@ -15,7 +15,7 @@ from transformers import CompileConfig
 from kvperf.errors import UsageError
 from kvperf.features import missing_cache_implementation, missing_compiler
 from kvperf.kv.kv_size import Quantization, estimate_kv_cache, mode_quantization, spec_kv_cache_bytes
-from kvperf.measure import cache_modes, compiling
+from kvperf.measure import compiling
 from kvperf.measure.cache_modes import CACHE_IMPLEMENTATIONS, cache_mode_kwargs, cache_unavailable, eager_mode
 from kvperf.measure.harness import GenerationTiming, eager_spec, result_from_timing
 from kvperf.models import load_config
@@ -132,17 +132,29 @@ def test_memory_and_flop_passes_run_compiled_modes_eagerly() -> None:
     assert eager_spec(GenerationSpec(cache="quanto")).cache == "quanto"
 
 
-def test_compile_warmup_counts_the_frames_it_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
-    frames = iter([10, 13])
-    monkeypatch.setattr(compiling, "compiled_frames", lambda: next(frames))
-    warmup = compiling.compile_warmup(lambda: None)
-    assert warmup.compiled_frames == 3 and warmup.compile_s >= 0
+def test_compile_warmup_counts_the_frames_it_compiled() -> None:
+    def twice(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
 
-
-def test_compiled_frames_reads_dynamo() -> None:
+    compiled = torch.compile(twice, backend="eager")
+    warmup = compiling.compile_warmup(lambda: compiled(torch.ones(3)))
+    assert warmup.compiled_frames == 1 and warmup.compile_s > 0
+    # TorchDynamo was reset: the same shapes compile again, so compile_s is never a cached call's.
+    assert compiling.compile_warmup(lambda: compiled(torch.ones(3))).compiled_frames == 1
     before = compiling.compiled_frames()
-    torch.compile(lambda x: x + 1, backend="eager")(torch.ones(1))
-    assert compiling.compiled_frames() == before + 1
+    compiled(torch.ones(3))
+    assert compiling.compiled_frames() == before  # no recompilation for the same shapes
+
+
+@pytest.mark.parametrize(("counts", "done", "tried"), [([(5, 5), (5, 5)], 0, 0), ([(5, 5), (7, 6)], 1, 2)])
+def test_compile_warmup_refuses_a_call_that_did_not_compile(monkeypatch: pytest.MonkeyPatch,
+                                                            counts: list[tuple[int, int]], done: int,
+                                                            tried: int) -> None:
+    """Nothing compiled (recompile limit reached), or a frame given up: the case would time eager code."""
+    readings = iter(counts)
+    monkeypatch.setattr(compiling, "frame_counts", lambda: next(readings))
+    with pytest.raises(RuntimeError, match=f"compiled {done} of the {tried} frame"):
+        compiling.compile_warmup(lambda: None)
 
 
 def _timing(recompiles: int | None) -> GenerationTiming:
@@ -160,8 +172,6 @@ def test_result_reports_compile_time_apart_or_says_why_not() -> None:
     model: Any = _Model()
     result = result_from_timing(model, spec, _timing(0), None, compiling.CompileWarmup(12.5, 3))
     assert (result.compile_s, result.recompiles, result.compile_note) == (12.5, 0, None)
-    again = result_from_timing(model, spec, _timing(0), None, compiling.CompileWarmup(0.2, 0))
-    assert again.compile_note == "an earlier call compiled these shapes already: compile_s is a plain warm-up call"
     missing = result_from_timing(model, spec, _timing(2), None)
     assert missing.compile_s is None and missing.recompiles == 2 and "no separate compiling call" in str(
         missing.compile_note)

@@ -365,8 +365,6 @@ def _compile_note(spec: GenerationSpec, compiled: CompileWarmup | None) -> str |
         return f"cache {spec.cache!r} runs eagerly: nothing is compiled"
     if compiled is None:
         return "no separate compiling call was made, so compilation may be inside the timed call (see recompiles)"
-    if compiled.compiled_frames == 0:
-        return "an earlier call compiled these shapes already: compile_s is a plain warm-up call"
     return None
 
 
