@@ -8,6 +8,7 @@ import json
 import pytest
 from transformers import CompileConfig
 
+from kvperf.cli import main
 from kvperf.measure import cache_modes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +29,8 @@ def _aot_eager(device_type: str) -> CompileConfig:
     return config
 
 
-def test_caches_experiment_runs_or_skips_every_mode(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_caches_experiment_runs_or_skips_every_mode(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(cache_modes, "_compile_config", _aot_eager)
     pytester.makepyfile(test_bench=BENCH_FILE)
     result = pytester.runpytest("--kvperf-tier", "cpu", "--kvperf-new-tokens", "4", "--kvperf-rounds", "2",
@@ -49,3 +51,8 @@ def test_caches_experiment_runs_or_skips_every_mode(pytester: pytest.Pytester, m
     assert infos["static"]["compile_s"] is None and "runs eagerly" in infos["static"]["compile_note"]
     for info in infos.values():
         assert info["kv_cache_bytes"] == info["kv_cache_formula_bytes"] > 0
+    capsys.readouterr()
+    assert main(["report", str(pytester.path / "out.json")]) == 0
+    report = capsys.readouterr().out
+    row = next(line.split() for line in report.splitlines() if line.strip().startswith("compiled "))
+    assert "Cache implementations" in report and row[8] == f"{compiled['compile_s']:.1f}" and row[9] == "0"
