@@ -20,7 +20,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvperf.errors import EXIT_BAD_INPUT, KvperfError, UsageError
 from kvperf.text import terminal_safe
@@ -77,6 +77,15 @@ def _check_run_args(args: argparse.Namespace) -> None:
     _in_range("--seed", args.seed, 0, MAX_SEED)
 
 
+def _check_cache_available(args: argparse.Namespace, spec: Any, config: Any = None) -> None:
+    """A cache mode this device, release, environment (or model, once ``config`` is known) lacks: one line."""
+    from kvperf.measure.cache_modes import cache_unavailable
+
+    reason = cache_unavailable(spec.cache, args.device.split(":", 1)[0], config)
+    if reason is not None:
+        raise UsageError(f"--cache {spec.cache}: {reason}")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from kvperf.measure.harness import run_generation
     from kvperf.measure.oom import out_of_memory_as_error, requested_size
@@ -92,10 +101,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         check_device_map(device_map, "--device-map", args.device)
     spec = GenerationSpec(cache=args.cache, batch_size=args.batch, prompt_len=args.prompt,
                           new_tokens=args.new_tokens, seed=args.seed)
+    _check_cache_available(args, spec)
     with out_of_memory_as_error(requested_size(spec, args.dtype, args.device), args.device,
                                 hint="use a smaller --batch, --prompt or --new-tokens, or a smaller --dtype"):
         model = load_model(args.model, dtype=args.dtype, device=args.device,
                            trust_remote_code=args.trust_remote_code, device_map=device_map)
+        _check_cache_available(args, spec, model.config)
         result = run_generation(model, spec, warmup_runs=args.warmup)
     summary = {"model": args.model, "spec": spec.case_id(), **result.summary()}
     if args.json:
@@ -111,7 +122,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("run", help="time one generation case and print its GenerationResult")
     p.add_argument("model", help="a preset (tiny-gpt2, distilgpt2, tiny-llama-gqa), a directory or a hub id")
-    p.add_argument("--cache", default="on", help="on (dynamic), off (use_cache=False) or static")
+    p.add_argument("--cache", default="on",
+                   help="on (dynamic), off (use_cache=False), static, compiled (static + torch.compile), quanto, hqq, "
+                        "fp8 (quantized), offloaded or offloaded_static (CUDA)")
     p.add_argument("--batch", type=int, default=1, help="sequences per batch")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens per sequence")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence")

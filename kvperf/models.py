@@ -30,6 +30,7 @@ from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
     LlamaConfig,
+    MistralConfig,
     PretrainedConfig,
     PreTrainedModel,
 )
@@ -70,6 +71,15 @@ def _tiny_llama_gqa() -> PretrainedConfig:
                        tie_word_embeddings=False)
 
 
+def _tiny_mistral_sliding() -> PretrainedConfig:
+    # Sliding-window attention in every layer, window 16: past 16 positions the dynamic cache keeps
+    # the last ones only (DynamicSlidingWindowLayer) and the static cache is 16 long (StaticSlidingWindowLayer).
+    return MistralConfig(num_hidden_layers=2, hidden_size=128, intermediate_size=256,
+                         num_attention_heads=8, num_key_value_heads=2, head_dim=16, vocab_size=1024,
+                         max_position_embeddings=1024, sliding_window=16, bos_token_id=0, eos_token_id=1,
+                         tie_word_embeddings=False)
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -77,6 +87,8 @@ PRESETS: dict[str, Preset] = {
         Preset("distilgpt2", "the shape of distilgpt2: 6 layers, n_embd 768, 12 heads, vocab 50257",
                _distilgpt2),
         Preset("tiny-llama-gqa", "Llama, 2 layers, hidden 128, 8 query heads over 2 KV heads", _tiny_llama_gqa),
+        Preset("tiny-mistral-sliding", "Mistral, 2 layers, hidden 128, 8 query heads over 2 KV heads, "
+               "sliding-window attention (window 16)", _tiny_mistral_sliding),
     )
 }
 

@@ -320,8 +320,9 @@ def kvperf_config(pytestconfig: pytest.Config) -> KvperfConfig:
 
 
 @pytest.fixture(scope="session")
-def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Callable[[str], PreTrainedModel]:
-    """``kvperf_model(dtype)``: the run's model in that dtype, loaded once per session (never timed).
+def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Callable[..., PreTrainedModel]:
+    """``kvperf_model(dtype, model=None)``: the run's model (or ``model``, a case's own) in that dtype,
+    loaded once per session (never timed).
 
     Also applies the tier's ``--kvperf-threads`` setting, since every benchmark asks for a model."""
     import torch
@@ -330,14 +331,15 @@ def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Ca
 
     models = pytestconfig.stash.setdefault(_MODELS_KEY, {})
 
-    def get(dtype: str) -> PreTrainedModel:
+    def get(dtype: str, model: str | None = None) -> PreTrainedModel:
         _skip_without_gpu(kvperf_config.device)
         threads = kvperf_config.tier.cpu_threads
         if threads is not None and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        key = (kvperf_config.model, dtype, kvperf_config.device)
+        name = model or kvperf_config.model
+        key = (name, dtype, kvperf_config.device)
         if key not in models:
-            models[key] = load_model(kvperf_config.model, dtype=dtype, device=kvperf_config.device,
+            models[key] = load_model(name, dtype=dtype, device=kvperf_config.device,
                                      trust_remote_code=kvperf_config.trust_remote_code,
                                      device_map=kvperf_config.device_map)
         return models[key]
@@ -411,7 +413,7 @@ def _session_progress(request: pytest.FixtureRequest) -> SessionProgress:
 @pytest.fixture
 def kvperf_bench(
     benchmark: Any, request: pytest.FixtureRequest, pytestconfig: pytest.Config, kvperf_config: KvperfConfig,
-    kvperf_model: Callable[[str], PreTrainedModel],
+    kvperf_model: Callable[..., PreTrainedModel],
 ) -> Callable[..., list[GenerationResult]]:
     """``kvperf_bench(case_or_spec, dtype=None)``: benchmark one case and record it in extra_info.
 
@@ -421,7 +423,10 @@ def kvperf_bench(
     import torch
 
     from kvperf.measure.bench import benchmark_generation, extra_info
+    from kvperf.measure.cache_modes import cache_unavailable
+    from kvperf.measure.harness import warm_compile
     from kvperf.measure.oom import out_of_memory_as_error, requested_size
+    from kvperf.measure.prompts import make_prompts
     from kvperf.measure.roofline import case_roofline
 
     def run(case: Case | GenerationSpec, dtype: str | None = None) -> list[GenerationResult]:
@@ -433,6 +438,11 @@ def kvperf_bench(
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             _forget(pytestconfig, benchmark)
             _skip_without_gpu(device)
+        model_name = case.model or kvperf_config.model
+        unavailable = cache_unavailable(case.spec.cache, torch.device(device).type)
+        if unavailable is not None:  # a cache implementation this device, release or environment lacks
+            _forget(pytestconfig, benchmark)
+            pytest.skip(unavailable)
         progress = _session_progress(request).case(request.node.name)
         rounds, warmup = kvperf_config.tier.rounds, kvperf_config.tier.warmup_rounds
 
@@ -444,8 +454,14 @@ def kvperf_bench(
         # A case that does not fit is skipped with its size, and the session goes on (kvperf.measure.oom).
         try:
             with out_of_memory_as_error(requested_size(case.spec, case.dtype, device), device):
-                model = kvperf_model(case.dtype)
-                _check_fits(model, case.spec, kvperf_config.model)
+                model = kvperf_model(case.dtype, case.model)
+                _check_fits(model, case.spec, model_name)
+                unavailable = cache_unavailable(case.spec.cache, torch.device(device).type, model.config)
+                if unavailable is not None:  # the model has layers this cache cannot hold
+                    _forget(pytestconfig, benchmark)
+                    pytest.skip(unavailable)
+                # A compiled mode compiles in its first call: made here, before the budget's timed call.
+                compiled = warm_compile(model, case.spec, *make_prompts(model, case.spec))
                 rounds, warmup, call_s, note = _within_budget(pytestconfig, model, case.spec, rounds, warmup)
                 session = progress.session
                 if session.total_positions is not None and rounds < kvperf_config.tier.rounds:
@@ -454,7 +470,7 @@ def kvperf_bench(
                         spec.batch_size, spec.prompt_len, spec.new_tokens, spec.cache)
                 progress.plan(rounds, warmup, call_s, note)
                 results = benchmark_generation(benchmark, model, case.spec, rounds=rounds, warmup_rounds=warmup,
-                                               before_round=before_round)
+                                               before_round=before_round, compiled=compiled)
         except OutOfMemoryError as exc:
             _forget(pytestconfig, benchmark)
             pytest.skip(str(exc))
@@ -466,7 +482,7 @@ def kvperf_bench(
                 rounds, kvperf_config.tier.rounds, call_s)
             benchmark.extra_info["rounds_planned"] = kvperf_config.tier.rounds
         benchmark.extra_info.update(extra_info(
-            results, experiment=case.experiment, tier=kvperf_config.tier.name, model=kvperf_config.model,
+            results, experiment=case.experiment, tier=kvperf_config.tier.name, model=model_name,
             torch_threads=torch.get_num_threads(),
         ))
         benchmark.extra_info.update(case_roofline(benchmark.extra_info, session_ceilings(pytestconfig, device))

@@ -35,6 +35,13 @@ def test_run_prints_every_result_field(capsys):
          f"kvperf: error: --batch must be at most {2**31 - 1}, got {10**20}\n"),
         (["report", "no-such.json", "--plots", ""], "kvperf: error: --plots '' names no directory: give one for "
                                                     "the PNG files, e.g. --plots plots, or leave the option out\n"),
+        (["run", "tiny-gpt2", "--cache", "offloaded"],
+         "kvperf: error: --cache offloaded: cache 'offloaded' (DynamicCache(offloading=True)) keeps layers in CPU "
+         "memory and copies them to the GPU as they are needed, so it needs cuda, and this run is on cpu: run it on "
+         "a GPU machine with --kvperf-device cuda (kvperf run: --device cuda)\n"),
+        (["run", "tiny-mistral-sliding", "--cache", "fp8"],
+         "kvperf: error: --cache fp8: cache 'fp8' (QuantizedCache) holds full-attention layers only, and this "
+         "mistral model has layers of window 16: use cache on or static for it\n"),
         (["run", ""], "kvperf: error: MODEL is empty: give a preset (tiny-gpt2, distilgpt2, tiny-llama-gqa), a model "
                       "directory or a hub id\n"),
     ],

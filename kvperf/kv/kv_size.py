@@ -67,6 +67,9 @@ from kvperf.spec import GenerationSpec, parse_dtype
 __all__ = [
     "CACHE_KINDS",
     "CACHE_NAMES",
+    "MODE_KINDS",
+    "QUANTIZED_NBITS",
+    "QUANTIZED_RESIDUAL_LENGTH",
     "CacheKind",
     "KvShape",
     "KvSizeEstimate",
@@ -80,6 +83,7 @@ __all__ = [
     "measure_cache_bytes",
     "measure_cache_bytes_by_device",
     "measure_layer_bytes",
+    "mode_quantization",
     "quantizable_kv_width",
     "returned_cache",
     "spec_kv_cache_bytes",
@@ -282,15 +286,52 @@ def kv_cache_bytes(
     return estimate_kv_cache(config, batch_size, seq_len, dtype, cache, **options).total_bytes
 
 
+#: The formula's cache kind for each cache mode that holds keys and values (``kvperf.spec.CACHE_MODES``):
+#: the compiled and offloaded caches hold what their eager, on-device counterparts hold (offloaded
+#: layers sit on the CPU, and the measurement counts every device's storages).
+MODE_KINDS = {"on": "dynamic", "offloaded": "dynamic", "static": "static", "compiled": "static",
+              "offloaded_static": "static", "quanto": "quantized", "fp8": "quantized", "hqq": "quantized"}
+#: transformers' ``QuantizedCache`` defaults, which the quantized modes run with (the group size aside).
+QUANTIZED_NBITS = 4
+QUANTIZED_RESIDUAL_LENGTH = 128
+_MAX_GROUP_SIZE = 64
+
+
+def mode_quantization(mode: str, config: PretrainedConfig | KvShape) -> Quantization | None:
+    """The ``QuantizedCache`` settings of a quantized cache mode (``None`` for the others): transformers'
+    defaults (4 bits, residual 128), with the group size at most its default 64 and a power of two that
+    divides ``kv_heads x head_dim`` (quanto refuses one that does not). Cache modes that kvperf's
+    formula cannot size raise ``UsageError`` from ``spec_kv_cache_bytes``, not here."""
+    if mode == "fp8":
+        return Quantization("fp8")
+    if mode not in ("quanto", "hqq"):
+        return None
+    shape = config if isinstance(config, KvShape) else KvShape.from_config(config)
+    try:
+        width = quantizable_kv_width(shape)
+    except UsageError:  # sliding or mixed layers: the group size is moot, the formula says why
+        width = _MAX_GROUP_SIZE
+    group = _MAX_GROUP_SIZE
+    while width % group:
+        group //= 2
+    return Quantization("quanto", QUANTIZED_NBITS, group, QUANTIZED_RESIDUAL_LENGTH)
+
+
 def spec_kv_cache_bytes(config: PretrainedConfig | KvShape, spec: GenerationSpec,
                         dtype: str | torch.dtype = "float32") -> int:
     """The formula's bytes for the cache the harness leaves after ``spec``: 0 with the cache off, the
-    dynamic cache for ``on``, a static cache of ``prompt_len + new_tokens - 1`` positions for ``static``."""
+    dynamic cache for ``on`` and ``offloaded``, a static cache of ``prompt_len + new_tokens - 1``
+    positions for ``static``, ``compiled`` and ``offloaded_static``, the quantized cache with
+    ``mode_quantization``'s settings for ``quanto`` and ``fp8``. Raises ``UsageError`` for ``hqq``
+    (see ``MODE_KINDS``) and for what the formula cannot size."""
     if spec.cache == "off":
         return 0
+    if spec.cache == "hqq":
+        raise UsageError("kvperf's formula does not size HQQ's quantized cache (hqq decides the layout of its "
+                         "packed tensors and metadata); the measured kv_cache_bytes is exact")
     seq_len = spec.prompt_len + spec.new_tokens - 1
-    kind = "static" if spec.cache == "static" else "dynamic"
-    return kv_cache_bytes(config, spec.batch_size, seq_len, dtype, kind, prompt_len=spec.prompt_len)
+    return kv_cache_bytes(config, spec.batch_size, seq_len, dtype, MODE_KINDS[spec.cache], prompt_len=spec.prompt_len,
+                          quantization=mode_quantization(spec.cache, config))
 
 
 def kv_bytes_per_token(config: PretrainedConfig | KvShape, dtype: str | torch.dtype = "float32") -> int:

@@ -18,14 +18,17 @@ from transformers import PreTrainedModel
 from kvperf.errors import UsageError
 from kvperf.gate.env import Contention, CpuContention
 from kvperf.kv.kv_size import spec_kv_cache_bytes
+from kvperf.measure.compiling import CompileWarmup
 from kvperf.measure.energy import energy_summary
 from kvperf.measure.harness import (
     GenerationResult,
     GenerationTiming,
+    eager_spec,
     measure_peak_memory,
     model_energy_meter,
     result_from_timing,
     time_generation,
+    warm_compile,
 )
 from kvperf.measure.prompts import make_prompts
 from kvperf.measure.roofline import decode_bytes
@@ -50,6 +53,7 @@ def benchmark_generation(
     rounds: int,
     warmup_rounds: int,
     before_round: Callable[[], None] | None = None,
+    compiled: CompileWarmup | None = None,
 ) -> list[GenerationResult]:
     """Time ``spec`` with ``benchmark.pedantic`` (one generate call per round, after warm-up rounds),
     then measure peak memory and count FLOPs (``kvperf.measure.work``) in untimed calls, and add the bytes
@@ -62,8 +66,15 @@ def benchmark_generation(
     slowed down.
 
     ``before_round`` runs, untimed, before every round (warm-up ones too): ``kvperf ab`` passes the
-    turn to the other side there (``kvperf.gate.ab.Turns.pass_turn``)."""
+    turn to the other side there (``kvperf.gate.ab.Turns.pass_turn``).
+
+    A compiled cache mode first makes the call that compiles, untimed, before the warm-up rounds
+    (``kvperf.measure.harness.warm_compile``), unless the caller made it already (``compiled``); its
+    time goes into ``compile_s``, and ``recompiles_in_timed_rounds`` sums the frames compiled during
+    the timed rounds (0 unless something recompiled)."""
     input_ids, attention_mask = make_prompts(model, spec)
+    if compiled is None:
+        compiled = warm_compile(model, spec, input_ids, attention_mask)
     timings: list[GenerationTiming] = []
     contention: list[Contention] = []
     # Made once per case, outside the rounds: opening NVML or powercap is not part of any round.
@@ -81,7 +92,7 @@ def benchmark_generation(
     # pytest-benchmark calls it once and there is nothing to drop.
     timed = timings[-rounds:] if len(timings) > rounds else timings
     peak = measure_peak_memory(model, spec, input_ids, attention_mask)
-    benchmark.extra_info.update(measure_work(model, spec, input_ids, attention_mask).summary())
+    benchmark.extra_info.update(measure_work(model, eager_spec(spec), input_ids, attention_mask).summary())
     # The formula's bytes beside the measured ones, so every report can set one against the other. A
     # family the formula cannot size still benchmarks: the formula is null, with the reason.
     try:
@@ -94,7 +105,10 @@ def benchmark_generation(
                                              spec.new_tokens).summary())
     benchmark.extra_info["cpu_wait_samples"] = [c.wait for c in contention[-len(timed):]]
     benchmark.extra_info["cpu_others_samples"] = [c.others for c in contention[-len(timed):]]
-    return [result_from_timing(model, spec, timing, peak) for timing in timed]
+    if compiled is not None:
+        benchmark.extra_info["recompiles_in_timed_rounds"] = sum(t.recompiles or 0 for t in timed)
+        benchmark.extra_info["compiled_frames_in_warmup"] = compiled.compiled_frames
+    return [result_from_timing(model, spec, timing, peak, compiled) for timing in timed]
 
 
 #: Energy fields, which are None in rounds where the counter could not tell (``_energy_info``).

@@ -26,6 +26,9 @@ Why it is built this way:
 * **Energy from the hardware's counter, read outside the clocks.** With an energy meter
   (``kvperf.measure.energy``), the counter is read once right before the start clocks and once right
   after the end clocks: the reads add nothing to any timing the harness reports.
+* **Compilation is a warm-up, timed apart.** A compiled cache mode makes one untimed call first and
+  reports its time as ``compile_s``; every timed call counts the frames it compiled, which should
+  be none (``recompiles``; see ``kvperf.measure.compiling``).
 * **Memory in its own pass.** On CPU, peak memory is counted through a dispatch mode that slows every
   operation (see ``kvperf.measure.memory``), so it is taken in a separate untimed call.
 
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
@@ -48,6 +51,8 @@ from transformers.generation.streamers import BaseStreamer
 
 from kvperf.gate.fingerprint import output_sha256
 from kvperf.kv.kv_size import measure_cache_bytes_by_device, returned_cache
+from kvperf.measure.cache_modes import COMPILED_MODES, STATIC_MODES, cache_mode_kwargs, eager_mode
+from kvperf.measure.compiling import CompileWarmup, compile_warmup, compiled_frames
 from kvperf.measure.devices import input_device, model_devices, synchronize
 from kvperf.measure.energy import EnergyMeter, energy_meter
 from kvperf.measure.memory import PeakMemory, measure_peak
@@ -58,11 +63,13 @@ __all__ = [
     "GenerationResult",
     "GenerationTiming",
     "count_generated_tokens",
+    "eager_spec",
     "generate_kwargs",
     "measure_peak_memory",
     "result_from_timing",
     "run_generation",
     "time_generation",
+    "warm_compile",
 ]
 
 
@@ -134,6 +141,8 @@ class GenerationTiming:
     energy_note: str | None = "energy was not measured"
     #: ``kv_cache_bytes`` per device the cache's tensors are on (empty with the cache off).
     kv_cache_bytes_by_device: dict[str, int] = field(default_factory=dict)
+    #: Frames ``torch.compile`` compiled during the call; ``None`` for a mode that does not compile.
+    recompiles: int | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,12 @@ class GenerationResult:
     peak_memory_bytes_by_device: dict[str, int] = field(default_factory=dict)
     #: ``kv_cache_bytes`` per device the cache's tensors are on, summing to it; empty with the cache off.
     kv_cache_bytes_by_device: dict[str, int] = field(default_factory=dict)
+    #: Compiled cache modes (``kvperf.measure.compiling``): the wall time of the untimed call that
+    #: compiled, and the frames compiled during this timed call (0 when the warm-up covered compilation).
+    #: ``None`` for modes that run eagerly, or when no compiling call was made; ``compile_note`` says why.
+    compile_s: float | None = None
+    recompiles: int | None = None
+    compile_note: str | None = None
 
     @property
     def itl_p50_s(self) -> float:
@@ -241,8 +256,7 @@ def generate_kwargs(model: PreTrainedModel, spec: GenerationSpec) -> dict[str, A
         "return_dict_in_generate": True,
         "pad_token_id": pad_token_id(model.config),
     }
-    if spec.cache == "static":
-        kwargs["cache_implementation"] = "static"
+    kwargs.update(cache_mode_kwargs(model.config, spec.cache, input_device(model).type))
     return kwargs
 
 
@@ -266,7 +280,7 @@ def forget_static_cache(model: PreTrainedModel) -> None:
 
 def _generate(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
               attention_mask: torch.Tensor, **extra: Any) -> Any:
-    if spec.cache == "static":
+    if spec.cache in STATIC_MODES:
         forget_static_cache(model)
     generate: Any = model.generate  # typed as a Tensor attribute by torch's nn.Module stubs
     return generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs(model, spec), **extra)
@@ -304,6 +318,7 @@ def time_generation(
     synchronize(devices)
     if energy is not None:
         energy.start()  # counter read 1: after the sync, before the clocks start
+    frames = compiled_frames() if spec.cache in COMPILED_MODES else None
     start = time.perf_counter()
     start_cpu = time.thread_time()
     out = _generate(model, spec, input_ids, attention_mask, streamer=clock)
@@ -311,6 +326,7 @@ def time_generation(
     end = time.perf_counter()
     end_cpu = time.thread_time()
     reading = energy.stop() if energy is not None else None  # counter read 2: after the clocks stop
+    recompiles = None if frames is None else compiled_frames() - frames
     generated = _count_generated(out, input_ids.shape[1], spec)
     stamps = clock.stamps_s
     if len(stamps) != spec.new_tokens:
@@ -330,20 +346,59 @@ def time_generation(
         energy_source=reading.source if reading is not None else None,
         energy_note=reading.note if reading is not None else "energy was not measured (no meter given)",
         kv_cache_bytes_by_device=kv_by_device,
+        recompiles=recompiles,
     )
+
+
+def eager_spec(spec: GenerationSpec) -> GenerationSpec:
+    """``spec`` with its cache run eagerly (``kvperf.measure.cache_modes.eager_mode``): what the memory and
+    FLOP passes run, since dispatch modes cannot look inside compiled kernels."""
+    mode = eager_mode(spec.cache)
+    return spec if mode == spec.cache else replace(spec, cache=mode)  # type: ignore[arg-type]
+
+
+def warm_compile(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor) -> CompileWarmup | None:
+    """For a compiled cache mode, make the call that compiles, untimed, and time it
+    (``kvperf.measure.compiling``); ``None`` for other modes."""
+    if spec.cache not in COMPILED_MODES:
+        return None
+    devices = model_devices(model)
+
+    def call() -> None:
+        _generate(model, spec, input_ids, attention_mask)
+        synchronize(devices)
+
+    return compile_warmup(call)
 
 
 def measure_peak_memory(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
                         attention_mask: torch.Tensor) -> PeakMemory:
-    """Peak memory of one untimed generate call for ``spec``, in parts (see ``kvperf.measure.memory``)."""
-    _, peak = measure_peak(lambda: _generate(model, spec, input_ids, attention_mask), model)
+    """Peak memory of one untimed generate call for ``spec``, in parts (see ``kvperf.measure.memory``).
+
+    A compiled mode is measured eagerly (``eager_spec``): the same cache, but the activations of
+    eager kernels, which inductor's fused ones may not allocate; the note says so."""
+    eager = eager_spec(spec)
+    _, peak = measure_peak(lambda: _generate(model, eager, input_ids, attention_mask), model)
+    if eager is not spec:
+        note = (f"measured in an eager {eager.cache!r} call with the same cache: torch.compile's fused kernels "
+                "may allocate fewer intermediates")
+        peak = replace(peak, note=f"{peak.note}; {note}" if peak.note else note)
     return peak
 
 
+def _compile_note(spec: GenerationSpec, compiled: CompileWarmup | None) -> str | None:
+    if spec.cache not in COMPILED_MODES:
+        return f"cache {spec.cache!r} runs eagerly: nothing is compiled"
+    if compiled is None:
+        return "no separate compiling call was made, so compilation may be inside the timed call (see recompiles)"
+    return None
+
+
 def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: GenerationTiming,
-                       peak: PeakMemory | None) -> GenerationResult:
-    """Assemble a ``GenerationResult`` from one timed call and a memory measurement (``None``: not
-    measured)."""
+                       peak: PeakMemory | None, compiled: CompileWarmup | None = None) -> GenerationResult:
+    """Assemble a ``GenerationResult`` from one timed call, a memory measurement (``None``: not
+    measured) and, for a compiled mode, the call that compiled (``warm_compile``)."""
     param = next(model.parameters())
     decode_steps = spec.new_tokens - 1
     return GenerationResult(
@@ -373,6 +428,9 @@ def result_from_timing(model: PreTrainedModel, spec: GenerationSpec, timing: Gen
         energy_note=timing.energy_note,
         peak_memory_bytes_by_device=peak.total_bytes_by_device if peak is not None else {},
         kv_cache_bytes_by_device=dict(timing.kv_cache_bytes_by_device),
+        compile_s=compiled.compile_s if compiled is not None else None,
+        recompiles=timing.recompiles,
+        compile_note=_compile_note(spec, compiled),
     )
 
 
@@ -396,9 +454,10 @@ def run_generation(
     """Warm up, time one ``generate`` call for ``spec`` (reading the device's energy counter around it),
     then measure its peak memory untimed."""
     input_ids, attention_mask = make_prompts(model, spec)
+    compiled = warm_compile(model, spec, input_ids, attention_mask)  # a compiled mode's first call, apart
     for _ in range(warmup_runs):
         _generate(model, spec, input_ids, attention_mask)
     with model_energy_meter(model) as meter:
         timing = time_generation(model, spec, input_ids, attention_mask, energy=meter)
     peak = measure_peak_memory(model, spec, input_ids, attention_mask) if measure_memory else None
-    return result_from_timing(model, spec, timing, peak)
+    return result_from_timing(model, spec, timing, peak, compiled)

@@ -182,17 +182,40 @@ def _matrix_table(cases: list[Row]) -> Table:
                  ("'vs off': e2e with the cache off divided by e2e of this row (same batch, prompt, dtype).",))
 
 
+def _caches_table(title: str) -> Callable[[list[Row]], Table]:
+    """The ``caches`` and ``sliding`` experiments: one row per cache mode, with the compile time of a
+    compiled one (never in TPOT: see kvperf.measure.compiling) and the recompiles of its timed rounds."""
+
+    def table(cases: list[Row]) -> Table:
+        rows = []
+        for c in _sorted(cases, "dtype", "batch_size", "prompt_len", "cache"):
+            compile_s = c.get("compile_s")
+            recompiles = c.get("recompiles_in_timed_rounds")
+            rows.append((c["cache"], c.get("model", ""), c["dtype"], str(c["batch_size"]), str(c["prompt_len"]),
+                         str(c["new_tokens"]), _ms(c["ttft_s"]), _ms(c["tpot_s"]),
+                         "" if compile_s is None else f"{compile_s:.1f}", "" if recompiles is None else str(recompiles),
+                         _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"]), _busy(c)))
+        return Table(title, ("cache", "model", "dtype", "batch", "prompt", "new", "TTFT ms", "TPOT ms", "compile s",
+                             "recompiles", "peak MiB", "KV MiB", "busy"), tuple(rows),
+                     ("compile s: the untimed call that compiled (never inside TTFT or TPOT); recompiles: frames "
+                      "compiled during the timed rounds (0 expected).",))
+
+    return table
+
+
 def _formula_table(cases: list[Row]) -> Table:
     rows = []
     refusals: dict[str, None] = {}
+    models = []
     for c in _sorted(cases, "cache", "dtype", "batch_size", "prompt_len", "new_tokens"):
+        models.append(c.get("model"))
         formula, measured = c["kv_cache_formula_bytes"], c["kv_cache_bytes"]
         if formula is None:  # the formula refused this model: the note says why
             refusals[f"No formula: {c.get('kv_cache_formula_note') or 'no reason recorded'}."] = None
         rows.append((c["cache"], c["dtype"], str(c["batch_size"]), str(c["prompt_len"]), str(c["new_tokens"]),
                      "null" if formula is None else f"{formula:,}", f"{measured:,}",
                      "" if formula is None else f"{measured - formula:+,}"))
-    unique = {r[:5]: r for r in rows}  # the same spec in several experiments: one row
+    unique = {(m, *r[:5]): r for m, r in zip(models, rows, strict=True)}  # a spec in several experiments: one row
     exact = sum(r[-1] == "+0" for r in unique.values())
     return Table("KV-cache formula against the measured tensors (experiment 5)",
                  ("cache", "dtype", "batch", "prompt", "new", "formula bytes", "measured bytes", "difference"),
@@ -255,6 +278,7 @@ def _energy_table(cases: list[Row]) -> Table:
 _BUILDERS: dict[str, Callable[[list[Row]], Table]] = {
     "matrix": _matrix_table, "length": _length_table, "batch": _batch_table,
     "context": _context_table, "first_token": _first_token_table,
+    "caches": _caches_table("Cache implementations"), "sliding": _caches_table("Sliding-window caches"),
 }
 
 
