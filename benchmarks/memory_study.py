@@ -16,6 +16,7 @@ import argparse
 
 import torch
 
+from kvperf.measure.cache_modes import COMPILED_MODES, cache_unavailable
 from kvperf.measure.harness import _generate, measure_peak_memory
 from kvperf.measure.memory import allocator_peak_bytes
 from kvperf.measure.prompts import make_prompts
@@ -38,6 +39,9 @@ def main() -> None:
     for name in PRESETS:
         model = load_model(name, dtype=args.dtype)
         for cache in CACHE_MODES:
+            # Compiled kernels are opaque to both measures; what cannot run here has nothing to measure.
+            if cache in COMPILED_MODES or cache_unavailable(cache, "cpu", model.config):
+                continue
             spec = GenerationSpec(cache=cache, batch_size=args.batch, prompt_len=args.prompt,  # type: ignore[arg-type]
                                   new_tokens=args.new)
             ids, mask = make_prompts(model, spec)

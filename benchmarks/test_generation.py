@@ -38,3 +38,16 @@ def test_context(kvperf_case, kvperf_bench):
 def test_first_token(kvperf_case, kvperf_bench):
     """Time to first token (prefill) against time per output token, for a short prompt."""
     kvperf_bench(kvperf_case)
+
+
+@pytest.mark.kvperf_experiment("caches")
+def test_caches(kvperf_case, kvperf_bench):
+    """Every cache implementation transformers offers (compiled static, quantized, offloaded) at one size;
+    each that cannot run here is skipped with the reason (kvperf.measure.cache_modes)."""
+    kvperf_bench(kvperf_case)
+
+
+@pytest.mark.kvperf_experiment("sliding")
+def test_sliding(kvperf_case, kvperf_bench):
+    """The dynamic and static caches of a sliding-window model on a prompt longer than its window."""
+    kvperf_bench(kvperf_case)

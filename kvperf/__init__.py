@@ -22,8 +22,11 @@ if TYPE_CHECKING:
         kv_cache_bytes,
         measure_cache_bytes,
     )
+    from kvperf.measure.energy import energy_meter
     from kvperf.measure.harness import GenerationResult, run_generation
     from kvperf.measure.prompts import make_prompts
+    from kvperf.measure.roofline import Roofline, case_roofline
+    from kvperf.measure.telemetry import GpuTelemetry, gpu_telemetry
     from kvperf.measure.work import measure_work
     from kvperf.models import PRESETS, load_model
     from kvperf.spec import GenerationSpec
@@ -36,6 +39,11 @@ _MODULES = {
     "Comparison": "kvperf.gate.compare",
     "GenerationResult": "kvperf.measure.harness",
     "GenerationSpec": "kvperf.spec",
+    "GpuTelemetry": "kvperf.measure.telemetry",
+    "Roofline": "kvperf.measure.roofline",
+    "case_roofline": "kvperf.measure.roofline",
+    "energy_meter": "kvperf.measure.energy",
+    "gpu_telemetry": "kvperf.measure.telemetry",
     "KvSizeEstimate": "kvperf.kv.kv_size",
     "KvperfError": "kvperf.errors",
     "ModelNotAvailableError": "kvperf.errors",
@@ -62,14 +70,19 @@ __all__ = [
     "Comparison",
     "GenerationResult",
     "GenerationSpec",
+    "GpuTelemetry",
     "KvSizeEstimate",
     "KvperfError",
     "ModelNotAvailableError",
     "Quantization",
+    "Roofline",
     "Side",
     "UsageError",
+    "case_roofline",
     "compare",
+    "energy_meter",
     "estimate_kv_cache",
+    "gpu_telemetry",
     "kv_bytes_per_token",
     "kv_cache_bytes",
     "load_baseline",

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvperf.errors import EXIT_BAD_INPUT, KvperfError, UsageError
 from kvperf.text import terminal_safe
@@ -76,6 +77,15 @@ def _check_run_args(args: argparse.Namespace) -> None:
     _in_range("--seed", args.seed, 0, MAX_SEED)
 
 
+def _check_cache_available(args: argparse.Namespace, spec: Any, config: Any = None) -> None:
+    """A cache mode this device, release, environment (or model, once ``config`` is known) lacks: one line."""
+    from kvperf.measure.cache_modes import cache_unavailable
+
+    reason = cache_unavailable(spec.cache, args.device.split(":", 1)[0], config)
+    if reason is not None:
+        raise UsageError(f"--cache {spec.cache}: {reason}")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from kvperf.measure.harness import run_generation
     from kvperf.measure.oom import out_of_memory_as_error, requested_size
@@ -83,12 +93,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kvperf.spec import GenerationSpec
 
     _check_run_args(args)
+    device_map = None
+    if args.device_map is not None:
+        from kvperf.device_map import check_device_map, parse_device_map
+
+        device_map = parse_device_map(args.device_map, "--device-map")
+        check_device_map(device_map, "--device-map", args.device)
     spec = GenerationSpec(cache=args.cache, batch_size=args.batch, prompt_len=args.prompt,
                           new_tokens=args.new_tokens, seed=args.seed)
+    _check_cache_available(args, spec)
     with out_of_memory_as_error(requested_size(spec, args.dtype, args.device), args.device,
                                 hint="use a smaller --batch, --prompt or --new-tokens, or a smaller --dtype"):
         model = load_model(args.model, dtype=args.dtype, device=args.device,
-                           trust_remote_code=args.trust_remote_code)
+                           trust_remote_code=args.trust_remote_code, device_map=device_map)
+        _check_cache_available(args, spec, model.config)
         result = run_generation(model, spec, warmup_runs=args.warmup)
     summary = {"model": args.model, "spec": spec.case_id(), **result.summary()}
     if args.json:
@@ -104,12 +122,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("run", help="time one generation case and print its GenerationResult")
     p.add_argument("model", help="a preset (tiny-gpt2, distilgpt2, tiny-llama-gqa), a directory or a hub id")
-    p.add_argument("--cache", default="on", help="on (dynamic), off (use_cache=False) or static")
+    p.add_argument("--cache", default="on",
+                   help="on (dynamic), off (use_cache=False), static, compiled (static + torch.compile), quanto, hqq, "
+                        "fp8 (quantized), offloaded or offloaded_static (CUDA)")
     p.add_argument("--batch", type=int, default=1, help="sequences per batch")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens per sequence")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device-map", metavar="auto|FILE.json",
+                   help="spread the model over several devices with accelerate: auto, or a JSON file of module "
+                        "name to device (GPU index, cuda:N or cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt tokens (0 to 2**64-1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls before the timed one (0 to 1000)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
@@ -414,6 +437,57 @@ def _add_report(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(handler=_cmd_report)
 
 
+def _cmd_env(args: argparse.Namespace) -> int:
+    import re
+
+    from kvperf.gate.env import current_environment
+    from kvperf.measure.energy import energy_meter
+
+    if not re.fullmatch(r"(cpu|cuda)(:\d+)?", args.device):
+        raise UsageError(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise UsageError(f"--torch-threads must be at least 1, got {args.torch_threads}")
+    device_type = args.device.split(":", 1)[0]
+    env = current_environment(device_type, torch_threads=args.torch_threads, device=args.device)
+    data = env.to_json()
+    # Which energy counter a run on the CPU and on the GPU would read, or why there is none.
+    sources = {}
+    for kind, device in (("cpu", "cpu"), ("cuda", args.device if device_type == "cuda" else "cuda")):
+        with energy_meter(device) as meter:
+            sources[kind] = {"source": meter.source, "note": meter.note}
+    data["energy_sources"] = sources
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    rows: list[tuple[str, object]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for inner, item in value.items():
+                if isinstance(item, dict):
+                    rows += [(f"{key}.{inner}.{name}", v) for name, v in item.items()]
+                else:
+                    rows.append((f"{key}.{inner}", item))
+        else:
+            rows.append((key, value))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(terminal_safe(f"{key:<{width}}  {'-' if value is None else value}"))
+    return 0
+
+
+def _add_env(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("env", help="the environment fingerprint: CPU, torch, transformers, GPU telemetry, energy",
+                       description="Print the environment fingerprint kvperf records with every result (its key "
+                                   "names the baseline directory), the GPU's NVML telemetry, and which energy "
+                                   "counter a run would read; null (-) fields come with the reason (note).")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: the device the benchmarks run on")
+    p.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   help="intra-op threads the benchmarks use (part of the key; default: torch's current setting; "
+                        "the quick tier runs 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_cmd_env)
+
+
 def build_parser() -> _Parser:
     doc = __doc__ or ""
     parser = _Parser(prog="kvperf", description=doc.splitlines()[0] if doc else None,
@@ -426,6 +500,7 @@ def build_parser() -> _Parser:
     _add_export(sub)
     _add_compare(sub)
     _add_ab(sub)
+    _add_env(sub)
     return parser
 
 
@@ -433,10 +508,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # inside the try: a reader that went away is seen here, not at interpreter exit
+        return code
     except KvperfError as exc:
         sys.stderr.write(terminal_safe(f"kvperf: error: {exc}") + "\n")
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (``kvperf export ... | head``): not an error of kvperf's. Point stdout at
+        # /dev/null so that the interpreter's final flush does not raise again, and exit as `yes | head` does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -12,23 +12,31 @@ things differently is still sized right:
   R on every release; with R of 0 or 1, releases before 5.20 append one token to an empty residual
   before they check its length (``QuantizedLayer.update``), so the residual empties every second step.
 * ``missing_quantized_backend``: the ``QuantizedCache`` backends kvperf sizes that this release (or
-  this environment) lacks: fp8 arrived in transformers 5.21; quanto needs optimum-quanto.
+  this environment) lacks: fp8 arrived in transformers 5.21; quanto needs optimum-quanto, hqq needs hqq.
+* ``missing_cache_implementation``: a ``cache_implementation`` name this release's ``generate`` lacks.
+* ``missing_compiler``: why ``generate`` cannot compile its forward pass here (no TorchDynamo on this
+  Python, no way to ask transformers to compile on a CPU, no C++ compiler for inductor's CPU kernels).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from typing import Any
 
 import torch
 
-__all__ = ["BACKEND_SINCE", "missing_quantized_backend", "quanto_residual_cycle"]
+__all__ = ["BACKEND_SINCE", "missing_cache_implementation", "missing_compiler", "missing_quantized_backend",
+           "quanto_residual_cycle"]
 
 #: The oldest transformers release with each ``QuantizedCache`` backend that kvperf supports.
-BACKEND_SINCE = {"quanto": "4.57", "fp8": "5.21"}
+BACKEND_SINCE = {"quanto": "4.57", "hqq": "4.57", "fp8": "5.21"}
 #: The layer class of each backend in ``transformers.cache_utils``: its presence is the feature.
-_BACKEND_LAYER = {"quanto": "QuantoQuantizedLayer", "fp8": "Fp8QuantizedLayer"}
+_BACKEND_LAYER = {"quanto": "QuantoQuantizedLayer", "hqq": "HQQQuantizedLayer", "fp8": "Fp8QuantizedLayer"}
+#: The package each backend needs beside transformers, and the command that installs it.
+_BACKEND_PACKAGE = {"quanto": ("optimum.quanto", "optimum-quanto", "pip install 'kvperf[quantized]'"),
+                    "hqq": ("hqq", "hqq", "pip install hqq")}
 
 
 def missing_quantized_backend(backend: str) -> str | None:
@@ -39,8 +47,48 @@ def missing_quantized_backend(backend: str) -> str | None:
     if getattr(cache_utils, _BACKEND_LAYER[backend], None) is None:
         return (f"the {backend} backend of transformers' QuantizedCache needs transformers "
                 f"{BACKEND_SINCE[backend]} or newer (this is {__version__}): pip install -U transformers")
-    if backend == "quanto" and importlib.util.find_spec("optimum.quanto") is None:
-        return "the quanto backend needs optimum-quanto, which is not installed: pip install 'kvperf[quantized]'"
+    if backend in _BACKEND_PACKAGE:
+        module, package, command = _BACKEND_PACKAGE[backend]
+        if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+            return f"the {backend} backend needs {package}, which is not installed: {command}"
+    return None
+
+
+def missing_cache_implementation(name: str) -> str | None:
+    """``None`` when ``generate(cache_implementation=name)`` exists in this release, else why not."""
+    from transformers import __version__
+    from transformers.generation import configuration_utils
+
+    names = getattr(configuration_utils, "ALL_CACHE_IMPLEMENTATIONS", ())
+    if name in names:
+        return None
+    return (f"transformers {__version__} has no cache_implementation={name!r} (it offers "
+            f"{', '.join(names) or 'none'}): pip install -U transformers")
+
+
+def missing_compiler(device_type: str) -> str | None:
+    """``None`` when ``generate`` can compile the forward pass on ``device_type``, else why not."""
+    import shutil
+
+    from torch._dynamo.eval_frame import is_dynamo_supported
+
+    if not is_dynamo_supported():
+        return "torch.compile (TorchDynamo) does not support this Python; use a Python that torch.compile supports"
+    from transformers.generation import configuration_utils
+
+    if not hasattr(configuration_utils, "CompileConfig"):
+        return "this transformers release has no CompileConfig for generate: pip install -U transformers"
+    if device_type == "cpu":
+        if "_compile_all_devices" not in vars(configuration_utils.CompileConfig):
+            return ("this transformers release compiles generate on accelerators only (CompileConfig has no "
+                    "_compile_all_devices): pip install -U transformers, or run on cuda")
+        from torch._inductor import config as inductor_config
+
+        cxx = inductor_config.cpp.cxx[-1] if isinstance(inductor_config.cpp.cxx, tuple) else inductor_config.cpp.cxx
+        candidates = [c for c in (os.environ.get("CXX"), cxx, "g++", "clang++") if c]
+        if not any(shutil.which(c) for c in candidates):
+            return ("torch.compile's inductor needs a C++ compiler for CPU kernels and none was found "
+                    f"({', '.join(dict.fromkeys(candidates))}): install g++ or set CXX")
     return None
 
 

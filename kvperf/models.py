@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from kvperf.device_map import AUTO, DeviceMap, check_device_map, dispatch, require_accelerate
 from kvperf.errors import ModelNotAvailableError, UsageError
 from kvperf.spec import parse_dtype
 
@@ -70,6 +71,17 @@ def _tiny_llama_gqa() -> PretrainedConfig:
                        tie_word_embeddings=False)
 
 
+def _tiny_mistral_sliding() -> PretrainedConfig:
+    from transformers import MistralConfig
+
+    # Sliding-window attention in every layer, window 16: past 16 positions the dynamic cache keeps
+    # the last ones only (DynamicSlidingWindowLayer) and the static cache is 16 long (StaticSlidingWindowLayer).
+    return MistralConfig(num_hidden_layers=2, hidden_size=128, intermediate_size=256,
+                         num_attention_heads=8, num_key_value_heads=2, head_dim=16, vocab_size=1024,
+                         max_position_embeddings=1024, sliding_window=16, bos_token_id=0, eos_token_id=1,
+                         tie_word_embeddings=False)
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -77,6 +89,8 @@ PRESETS: dict[str, Preset] = {
         Preset("distilgpt2", "the shape of distilgpt2: 6 layers, n_embd 768, 12 heads, vocab 50257",
                _distilgpt2),
         Preset("tiny-llama-gqa", "Llama, 2 layers, hidden 128, 8 query heads over 2 KV heads", _tiny_llama_gqa),
+        Preset("tiny-mistral-sliding", "Mistral, 2 layers, hidden 128, 8 query heads over 2 KV heads, "
+               "sliding-window attention (window 16)", _tiny_mistral_sliding),
     )
 }
 
@@ -160,32 +174,55 @@ def load_model(
     *,
     seed: int = 0,
     trust_remote_code: bool = False,
+    device_map: DeviceMap | None = None,
 ) -> PreTrainedModel:
     """Return the model in eval mode, on ``device``, in ``dtype``.
 
     ``name`` is a preset (see ``PRESETS``), a local directory, or a Hugging Face hub id that is in
     the local cache (or downloadable when ``HF_HUB_OFFLINE`` is not set). Remote code is executed
     only with ``trust_remote_code=True``. Loading is never part of a timing.
+
+    ``device_map`` (``"auto"`` or module name -> device, see ``kvperf.device_map``) spreads the model
+    over several devices of ``device``'s type with accelerate, for a model that does not fit one GPU.
     """
     from transformers import AutoModelForCausalLM
 
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
     torch_device = _parse_device(device)
+    if device_map is not None:
+        check_device_map(device_map, "the device map", str(torch_device))
+        require_accelerate("a device map")
     if name in PRESETS:
         config = PRESETS[name].make_config()
         model = AutoModelForCausalLM.from_config(config)
         init_weights(model, seed=seed)
         model = model.to(dtype=torch_dtype)
+        if device_map is not None:  # weights are made on the CPU, then dispatched
+            model = dispatch(model, device_map, torch_device, "the device map")
     else:
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                name, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=_offline(name)
+                name, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=_offline(name),
+                **_placement(device_map, torch_device),
             )
         except (OSError, ValueError, KeyError) as exc:
             raise _not_available(name, exc) from None
-    model = model.to(torch_device)
+    if device_map is None:
+        model = model.to(torch_device)
     model.eval()
     return model
+
+
+def _placement(device_map: DeviceMap | None, device: torch.device) -> dict[str, object]:
+    """``from_pretrained``'s placement arguments: ``auto`` on the CPU is limited to host memory (else
+    accelerate would use any GPU the machine has)."""
+    if device_map is None:
+        return {}
+    if device_map == AUTO and device.type == "cpu":
+        from accelerate.utils import get_max_memory
+
+        return {"device_map": AUTO, "max_memory": {"cpu": get_max_memory()["cpu"]}}
+    return {"device_map": device_map if isinstance(device_map, str) else dict(device_map)}
 
 
 def _parse_device(device: str | torch.device) -> torch.device:

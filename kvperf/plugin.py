@@ -55,12 +55,13 @@ from kvperf.tiers import (
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from kvperf.measure.ceilings import MachineCeilings
     from kvperf.measure.harness import GenerationResult
 
 #: The baselines and the regression gate are a plugin of their own, registered with this one.
 pytest_plugins = ["kvperf.plugin_gate"]
 
-__all__ = ["KvperfConfig", "add_option", "kvperf_config_of"]
+__all__ = ["KvperfConfig", "add_option", "kvperf_config_of", "session_ceilings"]
 
 _DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 
@@ -94,6 +95,8 @@ class KvperfConfig:
     device: str
     dtypes: tuple[str, ...]
     trust_remote_code: bool
+    #: ``--kvperf-device-map``: ``"auto"``, module name -> device, or None (the whole model on ``device``).
+    device_map: str | dict[str, int | str] | None = None
 
     @property
     def model(self) -> str:
@@ -148,7 +151,30 @@ class KvperfConfig:
                 f"model {tier.model!r} has {limit}: pass shorter --kvperf-prompt-lens / --kvperf-new-tokens"
             )
         return cls(tier=tier, device=device, dtypes=dtypes,
-                   trust_remote_code=opt("kvperf_trust_remote_code"))
+                   trust_remote_code=opt("kvperf_trust_remote_code"),
+                   device_map=_device_map(opt("kvperf_device_map"), device, model_config))
+
+
+def _device_map(raw: str | None, device: str, model_config: Any) -> str | dict[str, int | str] | None:
+    """``--kvperf-device-map``, checked at start-up against the device and the model's modules (on an
+    empty model: no weights are made)."""
+    if raw is None:
+        return None
+    from kvperf.device_map import check_device_map, check_modules, parse_device_map, require_accelerate
+
+    option = "--kvperf-device-map"
+    device_map = parse_device_map(raw, option)
+    check_device_map(device_map, option, device)
+    require_accelerate(option)
+    if isinstance(device_map, str):
+        return device_map
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(model_config)
+    check_modules(empty, device_map, option)
+    return dict(device_map)
 
 
 #: The default of every ``--kvperf-*`` option, by its dest (``add_option``).
@@ -169,6 +195,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_option(group, "--kvperf-model", default=None,
                     help="preset, local directory or cached hub id (default: the tier's model)")
     add_option(group, "--kvperf-device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    add_option(group, "--kvperf-device-map", default=None, metavar="auto|FILE.json",
+               help="spread the model over several devices with accelerate: auto, or a JSON file of module name "
+                    "to device (GPU index, cuda:N or cpu); see README 'Multi-device models'")
     add_option(group, "--kvperf-dtypes", default=None,
                     help="comma-separated dtypes (default float32,bfloat16 on CPU; float16 too on CUDA)")
     add_option(group, "--kvperf-batch-sizes", default=None, help="comma-separated batch sizes (override the tier)")
@@ -243,6 +272,9 @@ _PLANNED_KEY = pytest.StashKey["list[tuple[str, Case]]"]()
 #: Cases whose rounds the budget lowered: name -> (rounds run, rounds of the tier, one call's seconds).
 BUDGETED_KEY = pytest.StashKey["dict[str, tuple[int, int, float]]"]()
 _MODELS_KEY = pytest.StashKey["dict[tuple[str, str, str], PreTrainedModel]"]()
+#: The machine's roofline ceilings, measured once per session at the first case (``session_ceilings``);
+#: ``kvperf.plugin_gate`` records them in the environment of the results.
+CEILINGS_KEY = pytest.StashKey["MachineCeilings"]()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -288,8 +320,9 @@ def kvperf_config(pytestconfig: pytest.Config) -> KvperfConfig:
 
 
 @pytest.fixture(scope="session")
-def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Callable[[str], PreTrainedModel]:
-    """``kvperf_model(dtype)``: the run's model in that dtype, loaded once per session (never timed).
+def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Callable[..., PreTrainedModel]:
+    """``kvperf_model(dtype, model=None)``: the run's model (or ``model``, a case's own) in that dtype,
+    loaded once per session (never timed).
 
     Also applies the tier's ``--kvperf-threads`` setting, since every benchmark asks for a model."""
     import torch
@@ -298,15 +331,17 @@ def kvperf_model(pytestconfig: pytest.Config, kvperf_config: KvperfConfig) -> Ca
 
     models = pytestconfig.stash.setdefault(_MODELS_KEY, {})
 
-    def get(dtype: str) -> PreTrainedModel:
+    def get(dtype: str, model: str | None = None) -> PreTrainedModel:
         _skip_without_gpu(kvperf_config.device)
         threads = kvperf_config.tier.cpu_threads
         if threads is not None and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        key = (kvperf_config.model, dtype, kvperf_config.device)
+        name = model or kvperf_config.model
+        key = (name, dtype, kvperf_config.device)
         if key not in models:
-            models[key] = load_model(kvperf_config.model, dtype=dtype, device=kvperf_config.device,
-                                     trust_remote_code=kvperf_config.trust_remote_code)
+            models[key] = load_model(name, dtype=dtype, device=kvperf_config.device,
+                                     trust_remote_code=kvperf_config.trust_remote_code,
+                                     device_map=kvperf_config.device_map)
         return models[key]
 
     return get
@@ -368,7 +403,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         reporter.write_line(plan_line([(name, _positions(case.spec)) for name, case in planned], calls))
 
 
-def _session_progress(request: pytest.FixtureRequest, models: Callable[[str], PreTrainedModel]) -> SessionProgress:
+def _session_progress(request: pytest.FixtureRequest, models: Callable[..., PreTrainedModel]) -> SessionProgress:
     config = request.config
     if _PROGRESS_KEY not in config.stash:
         total = sum("kvperf_bench" in getattr(item, "fixturenames", ()) for item in request.session.items)
@@ -381,7 +416,7 @@ def _session_progress(request: pytest.FixtureRequest, models: Callable[[str], Pr
     return config.stash[_PROGRESS_KEY]
 
 
-def _estimate(progress: SessionProgress, planned: list[tuple[str, Case]], models: Callable[[str], PreTrainedModel],
+def _estimate(progress: SessionProgress, planned: list[tuple[str, Case]], models: Callable[..., PreTrainedModel],
               cfg: KvperfConfig) -> None:
     """Estimate the run before its first case (``kvperf.measure.cost``) and say so."""
     from kvperf.measure.cost import (
@@ -396,14 +431,15 @@ def _estimate(progress: SessionProgress, planned: list[tuple[str, Case]], models
 
     calls = _calls_per_case(cfg)
     rates, flops = {}, 0
-    for dtype in dict.fromkeys(case.dtype for _, case in planned):
-        model = models(dtype)
+    for model_name, dtype in dict.fromkeys((case.model or cfg.model, case.dtype) for _, case in planned):
+        model = models(dtype, model_name)
         work = model_work(model)
-        rates[dtype] = measure_rates(model, work, max_positions(model.config))
+        label = dtype if model_name == cfg.model else f"{model_name} {dtype}"  # a case's own model
+        rates[label] = measure_rates(model, work, max_positions(model.config))
         for name, case in planned:
-            if case.dtype == dtype:
-                progress.estimated_call_s[name] = estimated_call_s(work, rates[dtype], case.spec)
-                progress.estimated_case_s[name] = estimated_case_s(work, rates[dtype], case.spec, calls - 2)
+            if (case.model or cfg.model, case.dtype) == (model_name, dtype):
+                progress.estimated_call_s[name] = estimated_call_s(work, rates[label], case.spec)
+                progress.estimated_case_s[name] = estimated_case_s(work, rates[label], case.spec, calls - 2)
                 flops += estimated_call_flops(work, case.spec) * calls
     progress.estimated_total_s = sum(progress.estimated_case_s.values())
     progress.write(estimate_line(progress.estimated_total_s, len(planned), len(planned) * calls, flops, cfg.model,
@@ -413,7 +449,7 @@ def _estimate(progress: SessionProgress, planned: list[tuple[str, Case]], models
 @pytest.fixture
 def kvperf_bench(
     benchmark: Any, request: pytest.FixtureRequest, pytestconfig: pytest.Config, kvperf_config: KvperfConfig,
-    kvperf_model: Callable[[str], PreTrainedModel],
+    kvperf_model: Callable[..., PreTrainedModel],
 ) -> Callable[..., list[GenerationResult]]:
     """``kvperf_bench(case_or_spec, dtype=None)``: benchmark one case and record it in extra_info.
 
@@ -423,7 +459,11 @@ def kvperf_bench(
     import torch
 
     from kvperf.measure.bench import benchmark_generation, extra_info
+    from kvperf.measure.cache_modes import cache_unavailable
+    from kvperf.measure.harness import warm_compile
     from kvperf.measure.oom import out_of_memory_as_error, requested_size
+    from kvperf.measure.prompts import make_prompts
+    from kvperf.measure.roofline import case_roofline
 
     def run(case: Case | GenerationSpec, dtype: str | None = None) -> list[GenerationResult]:
         if isinstance(case, GenerationSpec):
@@ -434,7 +474,13 @@ def kvperf_bench(
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             _forget(pytestconfig, benchmark)
             _skip_without_gpu(device)
+        model_name = case.model or kvperf_config.model
+        unavailable = cache_unavailable(case.spec.cache, torch.device(device).type)
         progress = _session_progress(request, kvperf_model).case(request.node.name)
+        if unavailable is not None:  # a cache implementation this device, release or environment lacks
+            _forget(pytestconfig, benchmark)
+            progress.session.drop_estimate(request.node.name)
+            pytest.skip(unavailable)
         rounds, warmup = kvperf_config.tier.rounds, kvperf_config.tier.warmup_rounds
         tier_calls = rounds + warmup
         call_estimate_s = progress.session.estimated_call_s.get(request.node.name, 0.0)
@@ -450,8 +496,15 @@ def kvperf_bench(
         # A case that does not fit is skipped with its size, and the session goes on (kvperf.measure.oom).
         try:
             with out_of_memory_as_error(requested_size(case.spec, case.dtype, device), device):
-                model = kvperf_model(case.dtype)
-                _check_fits(model, case.spec, kvperf_config.model)
+                model = kvperf_model(case.dtype, case.model)
+                _check_fits(model, case.spec, model_name)
+                unavailable = cache_unavailable(case.spec.cache, torch.device(device).type, model.config)
+                if unavailable is not None:  # the model has layers this cache cannot hold
+                    _forget(pytestconfig, benchmark)
+                    progress.session.drop_estimate(request.node.name)
+                    pytest.skip(unavailable)
+                # A compiled mode compiles in its first call: made here, before the budget's timed call.
+                compiled = warm_compile(model, case.spec, *make_prompts(model, case.spec))
                 rounds, warmup, call_s, note = _within_budget(pytestconfig, model, case.spec, rounds, warmup)
                 session = progress.session
                 # the budget's first timed call, and the rounds it took away, change what is ahead
@@ -460,11 +513,10 @@ def kvperf_bench(
                     session.estimated_total_s += case_estimate_s - session.estimated_case_s.get(request.node.name, 0)
                 progress.plan(rounds, warmup, call_s, note)
                 results = benchmark_generation(benchmark, model, case.spec, rounds=rounds, warmup_rounds=warmup,
-                                               before_round=before_round)
+                                               before_round=before_round, compiled=compiled)
         except OutOfMemoryError as exc:
             _forget(pytestconfig, benchmark)
-            if progress.session.estimated_total_s is not None:  # a skipped case is no longer ahead
-                progress.session.estimated_total_s -= case_estimate_s
+            progress.session.drop_estimate(request.node.name, case_estimate_s)
             pytest.skip(str(exc))
         progress.done(case_estimate_s)
         if rounds < kvperf_config.tier.rounds and call_s is not None:
@@ -472,12 +524,35 @@ def kvperf_bench(
                 rounds, kvperf_config.tier.rounds, call_s)
             benchmark.extra_info["rounds_planned"] = kvperf_config.tier.rounds
         benchmark.extra_info.update(extra_info(
-            results, experiment=case.experiment, tier=kvperf_config.tier.name, model=kvperf_config.model,
+            results, experiment=case.experiment, tier=kvperf_config.tier.name, model=model_name,
             torch_threads=torch.get_num_threads(),
         ))
+        benchmark.extra_info.update(case_roofline(benchmark.extra_info, session_ceilings(pytestconfig, device))
+                                    .summary())
+        if kvperf_config.device_map is not None:  # how the model was spread (a run without a map: no entry)
+            benchmark.extra_info["device_map"] = kvperf_config.device_map
         return results
 
     return run
+
+
+def session_ceilings(config: pytest.Config, device: str) -> MachineCeilings:
+    """The machine's roofline ceilings (``kvperf.measure.ceilings``), measured at the first call of the
+    session, untimed and between cases, with the threads the benchmarks use; the same value after."""
+    if CEILINGS_KEY not in config.stash:
+        import torch
+
+        from kvperf.measure.ceilings import measure_ceilings
+
+        gpu, gpu_name = None, None
+        if torch.device(device).type == "cuda":
+            from kvperf.gate.env import current_environment
+
+            env = current_environment("cuda", root=config.rootpath)
+            # The GPU telemetry (kvperf.measure.telemetry) where this kvperf records it, else the name alone.
+            gpu, gpu_name = getattr(env, "gpu", None), env.gpu_name
+        config.stash[CEILINGS_KEY] = measure_ceilings(device, gpu, gpu_name)
+    return config.stash[CEILINGS_KEY]
 
 
 def _check_fits(model: PreTrainedModel, spec: GenerationSpec, name: str) -> None:

@@ -18,7 +18,7 @@ What the gate promises (README, "What kvperf promises: runs and baselines"):
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,7 +40,7 @@ from kvperf.gate.compare import EXIT_UNTESTED, TIMING_MODES, Comparison, TimingM
 from kvperf.gate.env import Environment, current_environment, mismatched_fields
 from kvperf.gate.render import render_table
 from kvperf.gate.selection import Selection, narrowed_by, relative_args
-from kvperf.plugin import BUDGETED_KEY, CONFIG_KEY, add_option, kvperf_config_of
+from kvperf.plugin import BUDGETED_KEY, CEILINGS_KEY, CONFIG_KEY, add_option, kvperf_config_of
 from kvperf.report.summary import write_summary
 from kvperf.tiers import get_tier
 
@@ -157,7 +157,7 @@ def _environment(config: pytest.Config) -> Environment:
         cfg = kvperf_config_of(config)
         threads = getattr(cfg.tier, "cpu_threads", None)
         config.stash[_ENV_KEY] = current_environment(cfg.device_type, root=config.rootpath,
-                                                     torch_threads=threads)
+                                                     torch_threads=threads, device=cfg.device)
     return config.stash[_ENV_KEY]
 
 
@@ -299,7 +299,11 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     kvperf needs it (the environment key is made of the hardware and software, see ``kvperf.gate.env``)."""
     if _ran_kvperf(config):
         machine_info.pop("node", None)
-        machine_info["kvperf"] = _environment(config).to_json()
+        env = _environment(config)
+        ceilings = config.stash.get(CEILINGS_KEY, None)  # the roofline's, measured at the session's first case
+        if ceilings is not None:
+            env = replace(env, **ceilings.environment_fields())
+        machine_info["kvperf"] = env.to_json()
 
 
 @pytest.hookimpl(optionalhook=True)

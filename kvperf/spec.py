@@ -13,10 +13,17 @@ if TYPE_CHECKING:
 __all__ = ["CACHE_MODES", "DTYPES", "DTYPE_NAMES", "CacheMode", "GenerationSpec", "canonical_dtype",
            "dtype_short_name", "parse_dtype"]
 
-CacheMode = Literal["on", "off", "static"]
+CacheMode = Literal["on", "off", "static", "compiled", "quanto", "hqq", "fp8", "offloaded", "offloaded_static"]
 #: "on" is transformers' default dynamic cache, "off" is ``use_cache=False`` (every step recomputes the
 #: whole prefix), "static" is the preallocated ``StaticCache`` (``cache_implementation="static"``).
-CACHE_MODES: tuple[str, ...] = ("on", "off", "static")
+#: The others are transformers' other cache implementations (``kvperf.measure.cache_modes`` maps each
+#: to its ``generate`` arguments and says where it runs): "compiled" is the static cache with the
+#: forward pass under ``torch.compile``; "quanto", "hqq" and "fp8" the ``QuantizedCache`` backends;
+#: "offloaded" and "offloaded_static" the dynamic and static caches that keep layers on the CPU (CUDA
+#: only). Sliding-window layers are not a mode: a model whose config has them gets them in "on" and
+#: "static" (``DynamicSlidingWindowLayer``, ``StaticSlidingWindowLayer``).
+CACHE_MODES: tuple[str, ...] = ("on", "off", "static", "compiled", "quanto", "hqq", "fp8", "offloaded",
+                                "offloaded_static")
 
 #: The dtypes kvperf accepts, by the names users type, with the short form used in benchmark ids.
 #: Plain names, so that reading a spec does not import torch (the plugin loads in every pytest

@@ -12,6 +12,11 @@ Experiments (the names are the ``kvperf_experiment`` markers of ``benchmarks/``)
 * ``batch``: throughput and per-token latency against batch size (experiment 2).
 * ``context``: per-token latency and memory against prompt length (experiment 3).
 * ``first_token``: TTFT against TPOT for a short prompt (experiment 4).
+* ``caches``: every cache implementation transformers offers (``kvperf.measure.cache_modes``) at one
+  size; each that cannot run here is skipped with the reason. The quick tier runs the cheap ones;
+  ``compiled`` (a compile of tens of seconds on a CPU) is in the full and cpu tiers.
+* ``sliding``: the dynamic and static caches of a model with sliding-window layers
+  (``tiny-mistral-sliding``, window 16) on a prompt longer than the window, so the cache evicts.
 
 Every case also records the KV-cache bytes measured from the tensors beside the formula
 (experiment 5).
@@ -29,7 +34,7 @@ from kvperf.spec import CacheMode, GenerationSpec, canonical_dtype
 __all__ = ["DEFAULT_DTYPES", "EXPERIMENTS", "MAX_CPU_THREADS", "MAX_ROUNDS", "MAX_WARMUP_ROUNDS", "TIERS", "Case",
            "Tier", "get_tier", "ordered_experiments"]
 
-EXPERIMENTS = ("matrix", "length", "batch", "context", "first_token")
+EXPERIMENTS = ("matrix", "length", "batch", "context", "first_token", "caches", "sliding")
 #: The dtypes every tier runs in, by device type (``--kvperf-dtypes`` overrides them).
 DEFAULT_DTYPES: dict[str, tuple[str, ...]] = {
     "cpu": ("float32", "bfloat16"),
@@ -42,6 +47,10 @@ MAX_WARMUP_ROUNDS = 1_000
 MAX_CPU_THREADS = 1_024
 _ON_OFF: tuple[CacheMode, ...] = ("on", "off")
 _MATRIX_CACHES: tuple[CacheMode, ...] = ("on", "static", "off")
+#: The ``caches`` experiment: every mode the matrix lacks, and beside them in the full and cpu tiers the
+#: eager static and dynamic caches at the same size, so compiled against eager is read in one table.
+_CHEAP_CACHES: tuple[CacheMode, ...] = ("quanto", "hqq", "fp8", "offloaded", "offloaded_static")
+_ALL_CACHES: tuple[CacheMode, ...] = ("on", "static", "compiled", *_CHEAP_CACHES)
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class Case:
     experiment: str
     spec: GenerationSpec
     dtype: str
+    #: The model it runs on when not the tier's (the ``sliding`` experiment's preset).
+    model: str | None = None
 
     @property
     def id(self) -> str:
@@ -79,6 +90,11 @@ class Tier:
     #: runner spinning OpenMP threads that compete for cores turn small noise into 10x outliers.
     cpu_threads: int | None
     experiments: tuple[str, ...] = field(default=EXPERIMENTS)
+    #: The cache modes of the ``caches`` experiment (``kvperf.spec.CACHE_MODES``), and of ``sliding``,
+    #: with the model that has sliding-window layers (``None``: no ``sliding`` cases).
+    cache_modes: tuple[CacheMode, ...] = ()
+    sliding_modes: tuple[CacheMode, ...] = ()
+    sliding_model: str | None = None
 
     def specs(self, experiment: str) -> list[GenerationSpec]:
         """The specs of one experiment, in a stable order."""
@@ -94,13 +110,21 @@ class Tier:
         if experiment == "context":
             return [GenerationSpec(cache="on", batch_size=1, prompt_len=p, new_tokens=self.new_tokens)
                     for p in self.sweep_prompt_lens]
+        if experiment == "caches":
+            return [GenerationSpec(cache=c, batch_size=1, prompt_len=self.batch_prompt_len, new_tokens=self.new_tokens)
+                    for c in self.cache_modes]
+        if experiment == "sliding":
+            # The window is 16 and every tier's batch prompt is at least 32 long: the cache evicts.
+            return [GenerationSpec(cache=c, batch_size=1, prompt_len=self.batch_prompt_len, new_tokens=self.new_tokens)
+                    for c in (self.sliding_modes if self.sliding_model is not None else ())]
         if experiment == "first_token":
             return [GenerationSpec(cache="on", batch_size=1, prompt_len=self.first_token_prompt_len,
                                    new_tokens=self.new_tokens)]
         raise UsageError(f"unknown experiment {experiment!r}: use one of {', '.join(EXPERIMENTS)}")
 
     def cases(self, experiment: str, dtypes: tuple[str, ...]) -> list[Case]:
-        return [Case(experiment, spec, dtype) for spec in self.specs(experiment) for dtype in dtypes]
+        model = self.sliding_model if experiment == "sliding" else None
+        return [Case(experiment, spec, dtype, model) for spec in self.specs(experiment) for dtype in dtypes]
 
     def with_overrides(self, *, batch_sizes: tuple[int, ...] | None = None,
                        prompt_lens: tuple[int, ...] | None = None, new_tokens: int | None = None,
@@ -130,6 +154,7 @@ TIERS: dict[str, Tier] = {
         length_new_tokens=(8, 16, 32, 64, 128), length_prompt_len=8,
         sweep_batch_sizes=(1, 2, 4, 8), batch_prompt_len=32, sweep_prompt_lens=(32, 64, 128, 256),
         first_token_prompt_len=8, rounds=5, warmup_rounds=1, cpu_threads=1,
+        cache_modes=_CHEAP_CACHES, sliding_modes=("on", "static"), sliding_model="tiny-mistral-sliding",
     ),
     "full": Tier(
         name="full", model="distilgpt2", new_tokens=128,
@@ -137,6 +162,7 @@ TIERS: dict[str, Tier] = {
         length_new_tokens=(10, 50, 100, 250, 500), length_prompt_len=8,
         sweep_batch_sizes=(1, 2, 4, 8, 16), batch_prompt_len=128, sweep_prompt_lens=(32, 128, 256, 512, 768),
         first_token_prompt_len=8, rounds=3, warmup_rounds=1, cpu_threads=None,
+        cache_modes=_ALL_CACHES, sliding_modes=("on", "static", "compiled"), sliding_model="tiny-mistral-sliding",
     ),
     # The full tier's sizes (10-500 new tokens, batch up to 16, prompts up to 768) on a model a CPU runs
     # in minutes: tiny-llama-gqa (2 layers, hidden 128, 1024 positions). What it shows is the shape
@@ -147,6 +173,7 @@ TIERS: dict[str, Tier] = {
         length_new_tokens=(10, 50, 100, 250, 500), length_prompt_len=8,
         sweep_batch_sizes=(1, 2, 4, 8, 16), batch_prompt_len=128, sweep_prompt_lens=(32, 128, 256, 512, 768),
         first_token_prompt_len=8, rounds=3, warmup_rounds=1, cpu_threads=1,
+        cache_modes=_ALL_CACHES, sliding_modes=("on", "static", "compiled"), sliding_model="tiny-mistral-sliding",
     ),
 }
 

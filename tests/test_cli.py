@@ -35,6 +35,13 @@ def test_run_prints_every_result_field(capsys):
          f"kvperf: error: --batch must be at most {2**31 - 1}, got {10**20}\n"),
         (["report", "no-such.json", "--plots", ""], "kvperf: error: --plots '' names no directory: give one for "
                                                     "the PNG files, e.g. --plots plots, or leave the option out\n"),
+        (["run", "tiny-gpt2", "--cache", "offloaded"],
+         "kvperf: error: --cache offloaded: cache 'offloaded' (DynamicCache(offloading=True)) keeps layers in CPU "
+         "memory and copies them to the GPU as they are needed, so it needs cuda, and this run is on cpu: run it on "
+         "a GPU machine with --kvperf-device cuda (kvperf run: --device cuda)\n"),
+        (["run", "tiny-mistral-sliding", "--cache", "fp8"],
+         "kvperf: error: --cache fp8: cache 'fp8' (QuantizedCache) holds full-attention layers only, and this "
+         "mistral model has layers of window 16: use cache on or static for it\n"),
         (["run", ""], "kvperf: error: MODEL is empty: give a preset (tiny-gpt2, distilgpt2, tiny-llama-gqa), a model "
                       "directory or a hub id\n"),
     ],
@@ -77,3 +84,19 @@ def test_out_of_memory_is_one_line_and_exit_5(capsys, monkeypatch, where):
     assert capsys.readouterr().err == (
         "kvperf: error: out of memory for batch 64 x (prompt 500 + 12 new tokens), float32 on cpu: use a smaller "
         "--batch, --prompt or --new-tokens, or a smaller --dtype\n")
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback() -> None:
+    """``kvperf ... | head``: the pipe closes before kvperf has written everything; kvperf exits quietly
+    with 141 (as ``yes | head`` does), with no BrokenPipeError traceback on stderr."""
+    import subprocess
+    import sys
+
+    with subprocess.Popen([sys.executable, "-m", "kvperf.cli", "kv-size", "tiny-gpt2", "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader goes away before the first byte
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert code == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr

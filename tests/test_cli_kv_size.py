@@ -89,7 +89,8 @@ def test_auto_without_gpu_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: p
     (["tiny-gpt2", "--seq", "0"], "seq_len must be a positive integer, got 0"),
     (["tiny-gpt2", "--device-memory=-8GB"], "device memory '-8GB' is negative: give a size such as 24GiB or 80GB"),
     (["tiny-gpt2", "--cache", "quantized", "--nbits", "3"], "nbits must be 2 or 4 for the quanto backend, got 3"),
-    (["no-such-model"], "model 'no-such-model' is not a preset (tiny-gpt2, distilgpt2, tiny-llama-gqa), a local "
+    (["no-such-model"], "model 'no-such-model' is not a preset (tiny-gpt2, distilgpt2, tiny-llama-gqa, "
+                        "tiny-mistral-sliding), a local "
                         "directory, or a hub id in the local cache: use a preset, or download it first with "
                         "`hf download no-such-model`"),
     (["tiny-gpt2", "--device-memory", "0"],

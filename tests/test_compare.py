@@ -227,6 +227,20 @@ def test_cpu_time_metrics_keep_the_rounds_that_waited():
     assert verdicts(comparison, "ttft_cpu") == []
 
 
+def test_energy_is_compared_on_request_and_never_from_a_null():
+    """Energy per round (a GPU counter or RAPL) gates only with a threshold; where a side has no counter
+    (null samples) it is not tested, and says so."""
+    joules = {**info(BASE), "energy_j_samples": [2.0, 2.1, 1.9, 2.0, 2.0], "energy_j": 2.0}
+    more = {**info(BASE), "energy_j_samples": [3.0, 3.1, 2.9, 3.0, 3.0], "energy_j": 3.0}
+    assert verdicts(compare(run({CASE: joules}), run({CASE: more})), "energy") == []
+    assert verdicts(compare(run({CASE: joules}), run({CASE: more}), thresholds={"energy": 10}),
+                    "energy") == ["regressed"]
+    unread = {**info(BASE), "energy_j_samples": [None] * 5, "energy_j": None}
+    (verdict,) = [v for v in compare(run({CASE: joules}), run({CASE: unread}), thresholds={"energy": 10}).verdicts
+                  if v.metric == "energy"]
+    assert verdict.verdict == "unchanged" and verdict.note == "no raw samples: not tested"
+
+
 def test_deterministic_metrics_are_compared_exactly():
     comparison = compare(run({CASE: info(BASE, flops=1_000_000, kv=4096, peak=10_000)}),
                          run({CASE: info(BASE, flops=1_000_001, kv=2048, peak=10_000)}))
@@ -256,9 +270,10 @@ def test_thresholds_parse(items, expected):
 
 @pytest.mark.parametrize(("item", "message"), [
     ("tpot", "bad threshold 'tpot': write METRIC=PCT with METRIC one of e2e, ttft, tpot, tokens_per_s, "
-             "e2e_cpu, ttft_cpu, tpot_cpu, peak_memory, kv_bytes, flops_per_token, e.g. tpot=5"),
+             "e2e_cpu, ttft_cpu, tpot_cpu, energy, peak_memory, kv_bytes, flops_per_token, e.g. tpot=5"),
     ("latency=5", "bad threshold 'latency=5': write METRIC=PCT with METRIC one of e2e, ttft, tpot, "
-                  "tokens_per_s, e2e_cpu, ttft_cpu, tpot_cpu, peak_memory, kv_bytes, flops_per_token, e.g. tpot=5"),
+                  "tokens_per_s, e2e_cpu, ttft_cpu, tpot_cpu, energy, peak_memory, kv_bytes, flops_per_token, "
+                  "e.g. tpot=5"),
     ("tpot=fast", "bad threshold 'tpot=fast': 'fast' is not a percentage, e.g. tpot=5"),
     ("tpot=-1", "bad threshold 'tpot=-1': use a percentage in [0, 1000), e.g. tpot=5"),
 ])
@@ -403,3 +418,22 @@ def test_the_same_hardware_on_another_machine_compares_peak_memory_but_not_timin
     old = run({CASE: info(BASE)}, env=ENV)  # a baseline made before kvperf recorded the machine
     assert compare(old, run({CASE: info(BASE)}, env=here), timings="report").notes[-1] == (
         "timings not compared: the machines differ in machine_id (not recorded in the baseline)")
+
+
+def test_the_bandwidth_fraction_is_shown_beside_the_verdicts_and_never_gates():
+    # a 20% slower run with a lower bandwidth fraction, timings reported: the fraction is information only
+    slow = [t * 1.20 for t in BASE]
+    base = {**info(BASE), "bandwidth_fraction": 0.25}
+    cur = {**info(slow), "bandwidth_fraction": 0.20}
+    other = "test_matrix[cache=off-bs=1-prompt=8-new=4-fp32]"
+    comparison = compare(run({CASE: base, other: info(BASE)}), run({CASE: cur, other: info(BASE)}), timings="report")
+    assert [(b.case, b.baseline, b.current) for b in comparison.bandwidth_fractions] == [(CASE, 0.25, 0.20)]
+    assert "bandwidth_fraction" not in {v.metric for v in comparison.verdicts}
+    assert comparison.exit_code == 0
+    text = render_table(comparison)
+    assert ("bandwidth fraction of the peak (information, never gates; kvperf report shows each peak):" in text)
+    row = next(line for line in text.splitlines() if line.startswith(f"  {CASE}"))
+    assert row.split() == [CASE, "25.0%", "20.0%", "-20.0%"]
+    assert f"| `{CASE}` | 25.0% | 20.0% | -20.0% |" in render_markdown(comparison)
+    assert comparison.to_json()["bandwidth_fractions"] == [
+        {"case": CASE, "model": "tiny-gpt2", "baseline": 0.25, "current": 0.20}]

@@ -16,7 +16,7 @@ def test_a_missing_local_path_is_not_sent_to_the_hub(name, capsys):
     assert main(["kv-size", name]) == 2
     err = capsys.readouterr().err
     assert err == (f"kvperf: error: model {name!r}: no such file or directory: check the path, or give a preset "
-                   "(tiny-gpt2, distilgpt2, tiny-llama-gqa) or a hub id\n")
+                   "(tiny-gpt2, distilgpt2, tiny-llama-gqa, tiny-mistral-sliding) or a hub id\n")
 
 
 def test_a_hub_id_still_gets_the_download_hint(capsys):

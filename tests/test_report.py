@@ -57,6 +57,17 @@ def test_formula_table_shows_a_mismatch():
     assert table.notes == ("0 of 1 cases agree to the byte.",)
 
 
+def test_energy_table_shows_measured_cases_and_counts_the_nulls_by_reason():
+    measured = _case("matrix", "on", 4, 0.1) | {"energy_j": 2.5, "energy_per_token_j": 0.625,
+                                                 "energy_source": "rapl", "energy_note": None}
+    unread = _case("matrix", "off", 4, 0.3) | {"energy_j": None, "energy_per_token_j": None,
+                                                "energy_source": None, "energy_note": "RAPL not readable"}
+    (table,) = [t for t in make_tables([measured, unread]) if t.title.startswith("Energy")]
+    assert table.rows == (("matrix", "on", "float32", "1", "8", "4", "2.5", "625", "rapl"),)
+    assert table.notes[-1] == "null in 1 of 2 cases: RAPL not readable"
+    assert not [t for t in make_tables([_case("matrix", "on", 4, 0.1)]) if t.title.startswith("Energy")]
+
+
 def test_plots_are_written(results, tmp_path):
     pytest.importorskip("matplotlib")
     paths = make_plots(load_cases([results]), tmp_path / "plots")

@@ -18,7 +18,8 @@ def test_case_id_is_readable():
         ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
         ({"prompt_len": -1}, "prompt_len must be a positive integer, got -1"),
         ({"new_tokens": 1}, "new_tokens must be at least 2 to time decode steps, got 1"),
-        ({"cache": "maybe"}, "unknown cache mode 'maybe': use one of on, off, static"),
+        ({"cache": "maybe"}, "unknown cache mode 'maybe': use one of on, off, static, compiled, quanto, hqq, fp8, "
+                                 "offloaded, offloaded_static"),
         ({"batch_size": True}, "batch_size must be a positive integer, got True"),
     ],
 )

@@ -36,6 +36,7 @@ from kvperf.gate.ab import AbRun, SideFailedError
 from kvperf.gate.baseline import CaseKey, baseline_from_json
 from kvperf.gate.compare import Comparison
 from kvperf.gate.result_file import read_json
+from kvperf.measure.energy import energy_summary
 
 __all__ = ["MAX_ATTEMPTS", "RETRY_BUDGET_S", "Retries", "deselect_args", "extend_noisy", "merge_rounds",
            "untested_cases"]
@@ -118,8 +119,12 @@ def merge_rounds(into: Any, extra: Any, cases: Iterable[CaseKey]) -> list[CaseKe
         for name in lists:
             info[name] = info[name] + more[name]
             field = name.removesuffix("_samples")
-            if name.endswith("_samples") and isinstance(info.get(field), (int, float)):
+            if name.endswith("_samples") and isinstance(info.get(field), (int, float)) \
+                    and all(isinstance(v, (int, float)) for v in info[name]):
                 info[field] = statistics.median(info[name])
+        if "energy_j_samples" in lists and isinstance(info.get("generated_tokens"), int):
+            info.update(energy_summary(info["energy_j_samples"], info["generated_tokens"],
+                                       info.get("energy_note") or more.get("energy_note")))
         info["rounds"] = len(info.get("e2e_s_samples", [])) or info.get("rounds")
         info["kvperf_ab_attempts"] = int(info.get("kvperf_ab_attempts", 1)) + 1
         merged.append(key)

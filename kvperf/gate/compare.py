@@ -53,6 +53,7 @@ __all__ = [
     "METRICS",
     "MIN_QUIET_ROUNDS",
     "TIMING_MODES",
+    "BandwidthFraction",
     "Comparison",
     "Metric",
     "TimingMode",
@@ -131,6 +132,10 @@ METRICS: tuple[Metric, ...] = (
            default_threshold_pct=10.0, cpu_time=True, opt_in=True),
     Metric("tpot_cpu", "tpot_cpu_s", "TPOT CPU", "s", timing=True, higher_is_better=False,
            default_threshold_pct=5.0, cpu_time=True, opt_in=True),
+    # Energy of the timed call (GPU counter or RAPL, ``kvperf.measure.energy``), per round like a timing and
+    # as noisy: compared only on request (``--threshold energy=10``), where the counter exists.
+    Metric("energy", "energy_j", "energy", "J", timing=True, higher_is_better=False,
+           default_threshold_pct=10.0, opt_in=True),
     Metric("peak_memory", "peak_memory_bytes", "peak memory", "B", timing=False, higher_is_better=False,
            default_threshold_pct=0.0),
     Metric("kv_bytes", "kv_cache_bytes", "KV bytes", "B", timing=False, higher_is_better=False,
@@ -194,6 +199,18 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class BandwidthFraction:
+    """One case's ``bandwidth_fraction`` on both sides: information beside the verdicts, never a verdict.
+    Each side is divided by its own machine's peak, so it reads across machines too, but it is a timing
+    and moves with the machine's noise."""
+
+    case: str
+    model: str
+    baseline: float | None
+    current: float | None
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Every verdict of one comparison, with what was and wasn't compared."""
 
@@ -218,6 +235,9 @@ class Comparison:
     #: A regressed timing fails the comparison; False under ``timings="report"``, where timings
     #: are shown (``reported_slowdowns``) but only the deterministic metrics can fail it.
     timings_gated: bool = True
+    #: Information that never gates: each compared case's share of its machine's peak memory bandwidth
+    #: (``kvperf.measure.roofline``), baseline and current; None where a side could not know it.
+    bandwidth_fractions: tuple[BandwidthFraction, ...] = ()
 
     @property
     def regressions(self) -> list[Verdict]:
@@ -276,7 +296,8 @@ class Comparison:
                 "new_cases": [list(k) for k in self.new_cases],
                 "version_changes": list(self.version_changes),
                 "output_changes": [asdict(c) for c in self.output_changes],
-                "verdicts": [asdict(v) for v in self.verdicts]}
+                "verdicts": [asdict(v) for v in self.verdicts],
+                "bandwidth_fractions": [asdict(b) for b in self.bandwidth_fractions]}
 
 
 def _check_environments(baseline: Baseline, current: Baseline, timings: TimingMode, allow_env_mismatch: bool,
@@ -452,7 +473,18 @@ def compare(
                       timings_required=timings == "gate", timings_gated=timings != "report",
                       compared_cases=len(baseline.cases.keys() & current.cases.keys()),
                       missing_cases=missing, new_cases=new, flag_prefix=flag_prefix, output_changes=changes,
-                      version_changes=tuple(version_changes(baseline.environment, current.environment)))
+                      version_changes=tuple(version_changes(baseline.environment, current.environment)),
+                      bandwidth_fractions=_bandwidth_fractions(baseline, current))
+
+
+def _bandwidth_fractions(baseline: Baseline, current: Baseline) -> tuple[BandwidthFraction, ...]:
+    """The cases in both files with a recorded bandwidth fraction on at least one side."""
+    rows = []
+    for key in sorted(baseline.cases.keys() & current.cases.keys(), key=_case_order):
+        b, c = (_number(side.cases[key], "bandwidth_fraction") for side in (baseline, current))
+        if b is not None or c is not None:
+            rows.append(BandwidthFraction(case=key[0], model=key[1], baseline=b, current=c))
+    return tuple(rows)
 
 
 def _others(result: Baseline) -> float | None:

@@ -2,7 +2,8 @@
 
 Timings only mean something next to the machine and the software that produced them, so every
 result carries an ``Environment``: CPU model and usable cores, torch's thread count, device type,
-GPU name, memory and driver (through pynvml, where present), the torch / transformers / Python
+GPU name, memory and driver, the GPU's telemetry (``gpu``: clocks, power limit, temperature, bus width;
+``kvperf.measure.telemetry``, through NVML where present), the torch / transformers / Python
 versions, and the git commit with a dirty flag. The plugin adds it to pytest-benchmark's
 ``machine_info`` (key ``kvperf``).
 
@@ -16,7 +17,9 @@ Not every field matters to every metric (see ``fields_that_matter``):
   ``machine_id``, a salted hash of ``/etc/machine-id`` (never the raw id, nor the hostname), and
   timings are compared only between results of one machine.
 
-The git commit and the dirty flag never matter: they are what a comparison is about.
+The git commit and the dirty flag never matter: they are what a comparison is about. Nor does the GPU
+telemetry (``gpu``): its clocks and temperature change from one moment to the next; it is there to
+explain a timing, not to name the environment.
 
 ``CpuContention`` measures, around one timed round, how long this process waited for a core and how
 much CPU other processes used meanwhile (Linux; see the class). On a shared runner another process
@@ -38,6 +41,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from kvperf.measure.telemetry import GpuTelemetry, gpu_telemetry
 
 __all__ = [
     "DETERMINISTIC_FIELDS",
@@ -92,6 +97,17 @@ class Environment:
     #: Salted hash of the machine's identity (``machine_id()``); None in results made before kvperf
     #: recorded it, which then never count as from the same machine as anything.
     machine_id: str | None = None
+    #: NVML's description of the GPU the run used (NVML's GPU 0 for a CPU run), all None with the reason
+    #: where there is none; None in results made before kvperf recorded it. Never part of the key.
+    gpu: GpuTelemetry | None = None
+    #: The roofline's ceilings (``kvperf.measure.ceilings.MachineCeilings``), measured once per pytest
+    #: session: the peak memory bandwidth and how it was found (or why it is None), the measured FLOP
+    #: rate, the CPU's last-level cache. Not part of the key: they describe the machine, not identify it.
+    peak_bandwidth_bytes_per_s: float | None = None
+    peak_bandwidth_note: str | None = None
+    peak_flops_per_s: float | None = None
+    peak_flops_note: str | None = None
+    last_level_cache_bytes: int | None = None
 
     def key(self) -> str:
         """A directory name for this environment's baselines, e.g.
@@ -118,7 +134,10 @@ class Environment:
         missing = [name for name, f in known.items() if f.default is not None and name not in data]
         if missing:
             raise ValueError(f"environment lacks {', '.join(missing)}")
-        return cls(**{name: data[name] for name in known if name in data})
+        values = {name: data[name] for name in known if name in data}
+        if isinstance(values.get("gpu"), dict):
+            values["gpu"] = GpuTelemetry.from_json(values["gpu"])
+        return cls(**values)
 
 
 def fields_that_matter(env: Environment, *, timings: bool, host: bool = True) -> tuple[str, ...]:
@@ -200,35 +219,6 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _gpu(device_type: str) -> tuple[str | None, int | None, str | None]:
-    """Name, total memory and driver of GPU 0 through NVML; all None without a driver or pynvml."""
-    try:
-        import pynvml
-    except ImportError:
-        return None, None, None
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # no NVIDIA driver on this machine: NVMLError of various kinds
-        return None, None, None
-    try:
-        index = 0
-        if device_type == "cuda":
-            import torch
-
-            index = torch.cuda.current_device() if torch.cuda.is_available() else 0
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        name = pynvml.nvmlDeviceGetName(handle)
-        memory = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        return (name.decode() if isinstance(name, bytes) else str(name), memory,
-                driver.decode() if isinstance(driver, bytes) else str(driver))
-    except Exception:  # a GPU that NVML can't describe is recorded as unknown, never an error
-        return None, None, None
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
-
-
 def _git(root: Path) -> tuple[str | None, bool | None]:
     """HEAD's commit and whether tracked files differ from it; None, None outside a git checkout."""
     try:
@@ -245,14 +235,14 @@ def _git(root: Path) -> tuple[str | None, bool | None]:
 
 
 def current_environment(device_type: str = "cpu", root: str | Path = ".",
-                        torch_threads: int | None = None) -> Environment:
-    """The fingerprint of this process: ``device_type`` is where the benchmarks run, ``root`` the
-    directory whose git commit is recorded, ``torch_threads`` the intra-op threads the benchmarks
-    use (default: torch's current setting)."""
+                        torch_threads: int | None = None, device: str | None = None) -> Environment:
+    """The fingerprint of this process: ``device_type`` is where the benchmarks run (``device``, e.g.
+    ``cuda:1``, the exact device, default ``device_type``), ``root`` the directory whose git commit is
+    recorded, ``torch_threads`` the intra-op threads the benchmarks use (default: torch's current setting)."""
     import torch
     import transformers
 
-    gpu_name, gpu_memory, gpu_driver = _gpu(device_type)
+    gpu = gpu_telemetry(device or device_type)
     commit, dirty = _git(Path(root))
     return Environment(
         cpu_model=_cpu_model(),
@@ -264,12 +254,13 @@ def current_environment(device_type: str = "cpu", root: str | Path = ".",
         torch_version=torch.__version__,
         transformers_version=transformers.__version__,
         device_type=device_type,
-        gpu_name=gpu_name,
-        gpu_memory_bytes=gpu_memory,
-        gpu_driver=gpu_driver,
+        gpu_name=gpu.name,
+        gpu_memory_bytes=gpu.memory_total_bytes,
+        gpu_driver=gpu.driver_version,
         git_commit=commit,
         git_dirty=dirty,
         machine_id=machine_id(),
+        gpu=gpu,
     )
 
 

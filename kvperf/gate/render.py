@@ -78,6 +78,24 @@ def _rows(comparison: Comparison, everything: bool) -> list[list[str]]:
 _HEADER = ["case", "metric", "verdict", "baseline", "current", "change", "95% CI of change", "note"]
 
 
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _bandwidth_rows(comparison: Comparison) -> list[list[str]]:
+    """Each case's share of its machine's peak memory bandwidth, both sides (information, never gated)."""
+    rows = []
+    for row in comparison.bandwidth_fractions:
+        change = (f"{(row.current / row.baseline - 1) * 100:+.1f}%"
+                  if row.baseline and row.current is not None else "-")
+        rows.append([row.case, _fraction(row.baseline), _fraction(row.current), change])
+    return rows
+
+
+_BANDWIDTH_HEADER = ["case", "baseline", "current", "change"]
+_BANDWIDTH_TITLE = "bandwidth fraction of the peak (information, never gates; kvperf report shows each peak):"
+
+
 def _summary(comparison: Comparison) -> str:
     counts = comparison.counts()
     parts = [f"{counts[name]} {name}" for name in ("regressed", "improved", "unchanged", "new", "missing")]
@@ -128,6 +146,12 @@ def render_table(comparison: Comparison, *, everything: bool = False) -> str:
         widths = [max(len(row[i]) for row in [_HEADER, *rows]) for i in range(len(_HEADER))]
         for row in [_HEADER, ["-" * w for w in widths], *rows]:
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    bandwidth = [[terminal_safe(cell) for cell in row] for row in _bandwidth_rows(comparison)]
+    if bandwidth:
+        lines.append(_BANDWIDTH_TITLE)
+        widths = [max(len(row[i]) for row in [_BANDWIDTH_HEADER, *bandwidth]) for i in range(len(_BANDWIDTH_HEADER))]
+        for row in [_BANDWIDTH_HEADER, *bandwidth]:
+            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     lines.append(_summary(comparison))
     lines.extend(terminal_safe(f"note: {note}") for note in comparison.notes)
     lines.append(verdict_line(comparison))
@@ -164,7 +188,13 @@ def render_markdown(comparison: Comparison) -> str:
         lines.extend(_md_table(changed))
         lines.append("")
     lines += ["<details><summary>All verdicts</summary>", "", *_md_table(_rows(comparison, everything=True)), "",
-              "</details>", "",
-              "Timings: regressed when the whole 95% bootstrap interval of the median ratio lies beyond the "
+              "</details>", ""]
+    bandwidth = _bandwidth_rows(comparison)
+    if bandwidth:
+        lines += [f"<details><summary>{md_text(_BANDWIDTH_TITLE.rstrip(':'))}</summary>", "",
+                  "| " + " | ".join(_BANDWIDTH_HEADER) + " |", "|" + "---|" * len(_BANDWIDTH_HEADER),
+                  *("| " + " | ".join([md_code(row[0]).replace("|", "\\|"), *(md_text(c) for c in row[1:])]) + " |"
+                    for row in bandwidth), "", "</details>", ""]
+    lines += ["Timings: regressed when the whole 95% bootstrap interval of the median ratio lies beyond the "
               "threshold, rounds with CPU contention left out. FLOPs, KV bytes and CPU memory: exact."]
     return "\n".join(lines) + "\n"

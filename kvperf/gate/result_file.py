@@ -31,6 +31,7 @@ from typing import Any
 
 from kvperf.errors import BadInputError
 from kvperf.gate.env import Environment
+from kvperf.measure.telemetry import GpuTelemetry
 
 __all__ = [
     "REPORT_FIELDS",
@@ -55,9 +56,22 @@ _NULLABLE_BYTES = ("kv_cache_formula_bytes", "weights_bytes", "peak_above_weight
 _COUNTS = ("batch_size", "prompt_len", "new_tokens", "generated_tokens", "rounds")
 #: Finite numbers of at least 0.
 _AMOUNTS = ("flops", "flops_per_token", "prefill_flops", "decode_flops_per_token")
+#: The roofline's numbers (``kvperf.measure.roofline``): finite numbers of at least 0, or null where kvperf
+#: cannot know them (``roofline_note`` says why).
+_ROOFLINE_AMOUNTS = ("decode_bytes_per_step", "decode_weights_bytes", "decode_kv_bytes_per_step",
+                     "decode_state_bytes", "decode_flops_per_step", "achieved_bandwidth_bytes_per_s",
+                     "achieved_flops_per_s", "peak_bandwidth_bytes_per_s", "bandwidth_fraction",
+                     "arithmetic_intensity_flops_per_byte", "peak_flops_per_s")
 _TEXTS = ("model", "cache", "dtype", "device", "experiment")
-#: Per-round CPU contention (``kvperf.gate.env.CpuContention``): finite numbers of at least 0, or null.
-_CONTENTION = ("cpu_wait_samples", "cpu_others_samples")
+#: Byte counts per device (``cpu``, ``cuda:0``, ...): objects of device name to a whole number of bytes.
+_BY_DEVICE = ("peak_memory_bytes_by_device", "kv_cache_bytes_by_device")
+#: Per-round CPU contention (``kvperf.gate.env.CpuContention``) and energy (``kvperf.measure.energy``):
+#: finite numbers of at least 0, or null where the OS or the hardware cannot tell.
+_CONTENTION = ("cpu_wait_samples", "cpu_others_samples", "energy_j_samples")
+#: Finite numbers of at least 0, or null with the reason beside them (``energy_note``).
+_NULLABLE_AMOUNTS = (*_ROOFLINE_AMOUNTS, "energy_j", "energy_per_token_j")
+#: Strings, or null.
+_NULLABLE_TEXTS = ("energy_note", "energy_source")
 
 #: What ``kvperf report`` needs in every case (``check_case(required=...)``).
 REPORT_FIELDS = ("cache", "dtype", "batch_size", "prompt_len", "new_tokens", "e2e_s", "ttft_s", "tpot_s",
@@ -145,11 +159,17 @@ def _check_value(name: str, value: Any) -> str | None:
     if name in _COUNTS:
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         return None if ok else "a whole number of at least 1"
-    if name in _AMOUNTS:
-        ok = _is_number(value) and 0 <= value < math.inf
-        return None if ok else "a finite number of at least 0"
+    if name in _AMOUNTS or name in _NULLABLE_AMOUNTS:
+        ok = (_is_number(value) and 0 <= value < math.inf) or (value is None and name in _NULLABLE_AMOUNTS)
+        return None if ok else "a finite number of at least 0" + (", or null" if name in _NULLABLE_AMOUNTS else "")
+    if name in _NULLABLE_TEXTS:
+        return None if value is None or isinstance(value, str) else "a string or null"
     if name in _TEXTS:
         return None if isinstance(value, str) else "a string"
+    if name in _BY_DEVICE:
+        ok = isinstance(value, dict) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values())
+        return None if ok else "an object of device name to a whole number of bytes"
     return None
 
 
@@ -192,17 +212,32 @@ def check_case(info: Mapping[str, Any], where: str, source: str, *, required: tu
 
 
 def _allowed_types(hint: Any) -> tuple[type, ...]:
-    """``str | None`` -> ``(str, NoneType)``."""
-    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    """``str | None`` -> ``(str, NoneType)``; a ``float`` takes an ``int`` too (JSON writes ``2e10`` either way)."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return (*allowed, int) if float in allowed and int not in allowed else allowed
 
 
-def check_environment(data: Mapping[str, Any], source: str) -> None:
-    """Check the types of the environment fingerprint (``machine_info.kvperf``) against ``Environment``."""
-    for name, hint in typing.get_type_hints(Environment).items():
+def _check_types(data: Mapping[str, Any], cls: type, where: str, source: str) -> None:
+    """Check the fields of ``data`` against the type hints of the dataclass ``cls``."""
+    for name, hint in typing.get_type_hints(cls).items():
         if name not in data:
             continue  # Environment.from_json names a missing required field
         value, allowed = data[name], _allowed_types(hint)
+        if GpuTelemetry in allowed:  # the nested GPU fingerprint: an object of its own fields, or null
+            if isinstance(value, dict):
+                _check_types(value, GpuTelemetry, f"{where}.{name}", source)
+                continue
+            allowed = tuple(dict if t is GpuTelemetry else t for t in allowed)
+        if float in allowed:  # JSON writes 250.0 W as 250.0, but another writer may write 250
+            allowed = (*allowed, int)
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise BadInputError(f"{source}: machine_info.kvperf.{name} is {_shown(value)}, not {names}: the "
+            names = " or ".join("null" if t is type(None) else "object" if t is dict else t.__name__ for t in allowed
+                                if t is not int or float not in allowed)
+            raise BadInputError(f"{source}: {where}.{name} is {_shown(value)}, not {names}: the "
                                 f"environment fingerprint is damaged; {_FIX}")
+
+
+def check_environment(data: Mapping[str, Any], source: str) -> None:
+    """Check the types of the environment fingerprint (``machine_info.kvperf``) against ``Environment``,
+    its GPU telemetry (``gpu``, ``kvperf.measure.telemetry.GpuTelemetry``) included."""
+    _check_types(data, Environment, "machine_info.kvperf", source)

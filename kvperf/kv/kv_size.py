@@ -67,6 +67,9 @@ from kvperf.spec import GenerationSpec, parse_dtype
 __all__ = [
     "CACHE_KINDS",
     "CACHE_NAMES",
+    "MODE_KINDS",
+    "QUANTIZED_NBITS",
+    "QUANTIZED_RESIDUAL_LENGTH",
     "CacheKind",
     "KvShape",
     "KvSizeEstimate",
@@ -78,7 +81,9 @@ __all__ = [
     "kv_bytes_per_token",
     "kv_cache_bytes",
     "measure_cache_bytes",
+    "measure_cache_bytes_by_device",
     "measure_layer_bytes",
+    "mode_quantization",
     "quantizable_kv_width",
     "returned_cache",
     "spec_kv_cache_bytes",
@@ -281,15 +286,52 @@ def kv_cache_bytes(
     return estimate_kv_cache(config, batch_size, seq_len, dtype, cache, **options).total_bytes
 
 
+#: The formula's cache kind for each cache mode that holds keys and values (``kvperf.spec.CACHE_MODES``):
+#: the compiled and offloaded caches hold what their eager, on-device counterparts hold (offloaded
+#: layers sit on the CPU, and the measurement counts every device's storages).
+MODE_KINDS = {"on": "dynamic", "offloaded": "dynamic", "static": "static", "compiled": "static",
+              "offloaded_static": "static", "quanto": "quantized", "fp8": "quantized", "hqq": "quantized"}
+#: transformers' ``QuantizedCache`` defaults, which the quantized modes run with (the group size aside).
+QUANTIZED_NBITS = 4
+QUANTIZED_RESIDUAL_LENGTH = 128
+_MAX_GROUP_SIZE = 64
+
+
+def mode_quantization(mode: str, config: PretrainedConfig | KvShape) -> Quantization | None:
+    """The ``QuantizedCache`` settings of a quantized cache mode (``None`` for the others): transformers'
+    defaults (4 bits, residual 128), with the group size at most its default 64 and a power of two that
+    divides ``kv_heads x head_dim`` (quanto refuses one that does not). Cache modes that kvperf's
+    formula cannot size raise ``UsageError`` from ``spec_kv_cache_bytes``, not here."""
+    if mode == "fp8":
+        return Quantization("fp8")
+    if mode not in ("quanto", "hqq"):
+        return None
+    shape = config if isinstance(config, KvShape) else KvShape.from_config(config)
+    try:
+        width = quantizable_kv_width(shape)
+    except UsageError:  # sliding or mixed layers: the group size is moot, the formula says why
+        width = _MAX_GROUP_SIZE
+    group = _MAX_GROUP_SIZE
+    while width % group:
+        group //= 2
+    return Quantization("quanto", QUANTIZED_NBITS, group, QUANTIZED_RESIDUAL_LENGTH)
+
+
 def spec_kv_cache_bytes(config: PretrainedConfig | KvShape, spec: GenerationSpec,
                         dtype: str | torch.dtype = "float32") -> int:
     """The formula's bytes for the cache the harness leaves after ``spec``: 0 with the cache off, the
-    dynamic cache for ``on``, a static cache of ``prompt_len + new_tokens - 1`` positions for ``static``."""
+    dynamic cache for ``on`` and ``offloaded``, a static cache of ``prompt_len + new_tokens - 1``
+    positions for ``static``, ``compiled`` and ``offloaded_static``, the quantized cache with
+    ``mode_quantization``'s settings for ``quanto`` and ``fp8``. Raises ``UsageError`` for ``hqq``
+    (see ``MODE_KINDS``) and for what the formula cannot size."""
     if spec.cache == "off":
         return 0
+    if spec.cache == "hqq":
+        raise UsageError("kvperf's formula does not size HQQ's quantized cache (hqq decides the layout of its "
+                         "packed tensors and metadata); the measured kv_cache_bytes is exact")
     seq_len = spec.prompt_len + spec.new_tokens - 1
-    kind = "static" if spec.cache == "static" else "dynamic"
-    return kv_cache_bytes(config, spec.batch_size, seq_len, dtype, kind, prompt_len=spec.prompt_len)
+    return kv_cache_bytes(config, spec.batch_size, seq_len, dtype, MODE_KINDS[spec.cache], prompt_len=spec.prompt_len,
+                          quantization=mode_quantization(spec.cache, config))
 
 
 def kv_bytes_per_token(config: PretrainedConfig | KvShape, dtype: str | torch.dtype = "float32") -> int:
@@ -410,6 +452,20 @@ def measure_layer_bytes(cache: Any) -> tuple[int, ...]:
 
 
 def measure_cache_bytes(cache: Any) -> int:
-    """Bytes of the key and value states held by a transformers ``Cache`` (0 for ``None``); see
-    ``measure_layer_bytes``."""
+    """Bytes of the key and value states held by a transformers ``Cache`` (0 for ``None``), summed over
+    every device its layers are on; see ``measure_layer_bytes``."""
     return sum(measure_layer_bytes(cache))
+
+
+def measure_cache_bytes_by_device(cache: Any) -> dict[str, int]:
+    """``measure_cache_bytes`` per device (``cpu``, ``cuda:0``, ...): a model split by a device map keeps
+    each layer's cache on that layer's device. Empty for ``None``; the values sum to
+    ``measure_cache_bytes``."""
+    seen: set[tuple[str, int]] = set()
+    by_device: dict[str, int] = {}
+    for tensor in cache_tensors(cache):
+        device = str(tensor.device)
+        nbytes = _storage_bytes(iter((tensor,)), seen)
+        if nbytes or device not in by_device:
+            by_device[device] = by_device.get(device, 0) + nbytes
+    return by_device

@@ -18,14 +18,20 @@ from transformers import PreTrainedModel
 from kvperf.errors import UsageError
 from kvperf.gate.env import Contention, CpuContention
 from kvperf.kv.kv_size import spec_kv_cache_bytes
+from kvperf.measure.compiling import CompileWarmup
+from kvperf.measure.energy import energy_summary
 from kvperf.measure.harness import (
     GenerationResult,
     GenerationTiming,
+    eager_spec,
     measure_peak_memory,
+    model_energy_meter,
     result_from_timing,
     time_generation,
+    warm_compile,
 )
 from kvperf.measure.prompts import make_prompts
+from kvperf.measure.roofline import decode_bytes
 from kvperf.measure.work import measure_work
 from kvperf.spec import GenerationSpec
 
@@ -47,9 +53,11 @@ def benchmark_generation(
     rounds: int,
     warmup_rounds: int,
     before_round: Callable[[], None] | None = None,
+    compiled: CompileWarmup | None = None,
 ) -> list[GenerationResult]:
     """Time ``spec`` with ``benchmark.pedantic`` (one generate call per round, after warm-up rounds),
-    then measure peak memory and count FLOPs (``kvperf.measure.work``) in untimed calls. Returns one result
+    then measure peak memory and count FLOPs (``kvperf.measure.work``) in untimed calls, and add the bytes
+    one decode step reads (``kvperf.measure.roofline``). Returns one result
     per timed round.
 
     Also writes to ``benchmark.extra_info`` what the results don't carry: the FLOP counts, and
@@ -58,32 +66,62 @@ def benchmark_generation(
     slowed down.
 
     ``before_round`` runs, untimed, before every round (warm-up ones too): ``kvperf ab`` passes the
-    turn to the other side there (``kvperf.gate.ab.Turns.pass_turn``)."""
+    turn to the other side there (``kvperf.gate.ab.Turns.pass_turn``).
+
+    A compiled cache mode first makes the call that compiles, untimed, before the warm-up rounds
+    (``kvperf.measure.harness.warm_compile``), unless the caller made it already (``compiled``); its
+    time goes into ``compile_s``, and ``recompiles_in_timed_rounds`` sums the frames compiled during
+    the timed rounds (0 unless something recompiled)."""
     input_ids, attention_mask = make_prompts(model, spec)
+    if compiled is None:
+        compiled = warm_compile(model, spec, input_ids, attention_mask)
     timings: list[GenerationTiming] = []
     contention: list[Contention] = []
+    # Made once per case, outside the rounds: opening NVML or powercap is not part of any round.
+    energy = model_energy_meter(model)
 
     def one_call() -> None:
         meter = CpuContention()
         meter.start()
-        timings.append(time_generation(model, spec, input_ids, attention_mask))
+        timings.append(time_generation(model, spec, input_ids, attention_mask, energy=energy))
         contention.append(meter.stop())
 
-    benchmark.pedantic(one_call, setup=before_round, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    with energy:
+        benchmark.pedantic(one_call, setup=before_round, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
     # Warm-up rounds run the same function; keep only the timed rounds. With --benchmark-disable,
     # pytest-benchmark calls it once and there is nothing to drop.
     timed = timings[-rounds:] if len(timings) > rounds else timings
     peak = measure_peak_memory(model, spec, input_ids, attention_mask)
-    benchmark.extra_info.update(measure_work(model, spec, input_ids, attention_mask).summary())
+    benchmark.extra_info.update(measure_work(model, eager_spec(spec), input_ids, attention_mask).summary())
     # The formula's bytes beside the measured ones, so every report can set one against the other. A
     # family the formula cannot size still benchmarks: the formula is null, with the reason.
     try:
         benchmark.extra_info["kv_cache_formula_bytes"] = spec_kv_cache_bytes(model.config, spec, model.dtype)
     except UsageError as exc:
         benchmark.extra_info.update(kv_cache_formula_bytes=None, kv_cache_formula_note=str(exc))
+    # The bytes one decode step reads (weights, the formula's cache, states), for the roofline
+    # (kvperf.measure.roofline); null with the reason where the formula cannot know them.
+    benchmark.extra_info.update(decode_bytes(model, spec.cache, spec.batch_size, spec.prompt_len,
+                                             spec.new_tokens).summary())
     benchmark.extra_info["cpu_wait_samples"] = [c.wait for c in contention[-len(timed):]]
     benchmark.extra_info["cpu_others_samples"] = [c.others for c in contention[-len(timed):]]
-    return [result_from_timing(model, spec, timing, peak) for timing in timed]
+    if compiled is not None:
+        benchmark.extra_info["recompiles_in_timed_rounds"] = sum(t.recompiles or 0 for t in timed)
+        benchmark.extra_info["compiled_frames_in_warmup"] = compiled.compiled_frames
+    return [result_from_timing(model, spec, timing, peak, compiled) for timing in timed]
+
+
+#: Energy fields, which are None in rounds where the counter could not tell (``_energy_info``).
+_ENERGY_FIELDS = ("energy_j", "energy_per_token_j", "energy_source", "energy_note")
+
+
+def _energy_info(results: list[GenerationResult]) -> dict[str, Any]:
+    """The case's energy (``kvperf.measure.energy.energy_summary``), the counter, and the raw joules of each
+    round (``energy_j_samples``, None where a round was not measured)."""
+    joules = [r.energy_j for r in results]
+    note = next((r.energy_note for r in results if r.energy_j is None), None)
+    return {"energy_j_samples": joules, "energy_source": results[0].energy_source,
+            **energy_summary(joules, results[0].generated_tokens, note)}
 
 
 def extra_info(results: list[GenerationResult], **context: Any) -> dict[str, Any]:
@@ -93,6 +131,8 @@ def extra_info(results: list[GenerationResult], **context: Any) -> dict[str, Any
     info: dict[str, Any] = {"kvperf_schema": SCHEMA_VERSION, **context, **asdict(first.spec)}
     summaries = [r.summary() for r in results]
     for key, value in summaries[0].items():
+        if key in _ENERGY_FIELDS:
+            continue
         if isinstance(value, float):
             info[key] = statistics.median(s[key] for s in summaries)
         else:  # exact per case: memory, KV bytes, token counts, device, dtype
@@ -101,6 +141,7 @@ def extra_info(results: list[GenerationResult], **context: Any) -> dict[str, Any
         info[f"{key}_samples"] = [s[key] for s in summaries]
     # The output hash of the first round is the case's; how many the rounds produced says whether it is
     # deterministic here (kvperf.gate.fingerprint).
+    info.update(_energy_info(results))
     info["output_sha256_distinct"] = len({r.output_sha256 for r in results})
     info["itl_s"] = [list(r.itl_s) for r in results]
     info["rounds"] = len(results)

@@ -32,13 +32,25 @@ Peak memory is reported in parts (``PeakMemory``), so that a user sees what the 
 
 The CPU measure runs every operation through Python, so the harness takes it in a separate, untimed
 pass.
+
+**A model on several devices** (a device map, ``kvperf.device_map``): the peak is measured on every
+device the model uses (``kvperf.measure.devices.model_devices``), each in its own way, in one call:
+the allocator's peak on every GPU, the live storages on the CPU (all CPU storages: modules that a
+device map splits between CPU entries are one device, ``cpu``). ``PeakMemory`` keeps the parts per
+device (``weights_bytes_by_device``, ``peak_above_weights_bytes_by_device``); the totals are their
+sums. The devices need not peak at the same moment, so the total is the sum of each device's own
+peak: what the devices must each hold, not a snapshot. Weights that accelerate offloaded (a
+parameter on ``meta``) count on the device their map entry names when that is ``cpu`` (accelerate
+keeps them in host memory and copies each block to its GPU for the block's forward, a copy that the
+GPU's allocator peak sees); weights offloaded to ``disk``, or on ``meta`` with no entry, are not
+counted, and ``note`` says how many bytes.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -47,6 +59,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from kvperf.kv.kv_size import cache_tensors, returned_cache
+from kvperf.measure.devices import device_name, model_devices, synchronize
 
 __all__ = [
     "SCRATCH_TOLERANCE_BYTES",
@@ -56,6 +69,7 @@ __all__ = [
     "cuda_peak_memory_bytes",
     "measure_peak",
     "model_bytes",
+    "model_bytes_by_device",
     "peak_memory_bytes",
 ]
 
@@ -70,12 +84,47 @@ _LIFT_FRESH = torch.ops.aten.lift_fresh.default
 
 
 def model_bytes(model: nn.Module) -> int:
-    """Bytes of the model's parameters and buffers (each storage once, so tied weights count once)."""
-    seen: dict[int, int] = {}
-    for tensor in [*model.parameters(), *model.buffers()]:
+    """Bytes of the model's parameters and buffers (each storage once, so tied weights count once), on
+    every device; see ``model_bytes_by_device``."""
+    return sum(model_bytes_by_device(model)[0].values())
+
+
+def _map_target(hf_map: Mapping[str, Any], name: str) -> str | None:
+    """The device-map value of the module that holds tensor ``name``: the longest key that is the
+    module or one of its parents (``""`` is the whole model)."""
+    owners = [key for key in hf_map if key == "" or name == key or name.startswith(f"{key}.")]
+    if not owners:
+        return None
+    target = hf_map[max(owners, key=len)]
+    return target if target in ("disk", "meta") else device_name(target)
+
+
+def model_bytes_by_device(model: nn.Module) -> tuple[dict[str, int], int]:
+    """Bytes of the model's parameters and buffers per device (each storage once), and the bytes it was
+    not able to place: weights that accelerate offloaded to ``disk`` or whose device is unknown.
+
+    A weight on ``meta`` that the model's ``hf_device_map`` offloaded to ``cpu`` is held in host memory
+    by accelerate's hooks: its bytes count on ``cpu``."""
+    seen: dict[tuple[str, int], int] = {}
+    offloaded: dict[int, tuple[str | None, int]] = {}
+    hf_map = getattr(model, "hf_device_map", None)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.device.type == "meta":
+            target = _map_target(hf_map, name) if isinstance(hf_map, dict) else None
+            offloaded[id(tensor)] = (target, tensor.numel() * tensor.element_size())
+            continue
         storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
+        seen[(device_name(tensor.device), storage.data_ptr())] = storage.nbytes()
+    by_device: dict[str, int] = {}
+    for (device, _), nbytes in seen.items():
+        by_device[device] = by_device.get(device, 0) + nbytes
+    uncounted = 0
+    for target, nbytes in offloaded.values():
+        if target == "cpu":
+            by_device["cpu"] = by_device.get("cpu", 0) + nbytes
+        else:
+            uncounted += nbytes
+    return by_device, uncounted
 
 
 @dataclass(frozen=True)
@@ -94,11 +143,22 @@ class PeakMemory:
     #: ``cuda-allocator`` (``torch.cuda.max_memory_allocated``).
     method: str
     note: str | None = None
+    #: The weights and the call's own peak on each device the model uses (``cpu``, ``cuda:0``, ...);
+    #: ``weights_bytes`` and ``peak_above_weights_bytes`` are their sums. Empty when not known per device.
+    weights_bytes_by_device: Mapping[str, int] = field(default_factory=dict)
+    peak_above_weights_bytes_by_device: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
         """Weights plus the call's own peak: the ``peak_memory_bytes`` of a result."""
         return self.weights_bytes + self.peak_above_weights_bytes
+
+    @property
+    def total_bytes_by_device(self) -> dict[str, int]:
+        """Weights plus the call's own peak, per device: the ``peak_memory_bytes_by_device`` of a result."""
+        devices = [*self.weights_bytes_by_device, *self.peak_above_weights_bytes_by_device]
+        return {d: self.weights_bytes_by_device.get(d, 0) + self.peak_above_weights_bytes_by_device.get(d, 0)
+                for d in dict.fromkeys(devices)}
 
     def summary(self) -> dict[str, Any]:
         """Flat JSON values for a result's ``extra_info``."""
@@ -106,7 +166,8 @@ class PeakMemory:
                 "peak_above_weights_bytes": self.peak_above_weights_bytes,
                 "peak_kv_cache_bytes": self.peak_kv_cache_bytes,
                 "peak_activations_bytes": self.peak_activations_bytes,
-                "peak_memory_method": self.method, "peak_memory_note": self.note}
+                "peak_memory_method": self.method, "peak_memory_note": self.note,
+                "peak_memory_bytes_by_device": self.total_bytes_by_device}
 
 
 class LiveTensorBytes(TorchDispatchMode):  # type: ignore[misc]
@@ -197,14 +258,45 @@ def cuda_peak_memory_bytes(fn: Callable[[], T], device: torch.device) -> tuple[T
     return result, int(torch.cuda.max_memory_allocated(device)) - int(before)
 
 
+_CUDA_NOTE = "the CUDA allocator does not record which tensors were alive at its peak"
+
+
 def measure_peak(fn: Callable[[], T], model: nn.Module) -> tuple[T, PeakMemory]:
-    """Run ``fn`` (a call of ``model``, e.g. a ``generate``) once; return its result and its peak memory."""
-    device = next(model.parameters()).device
-    weights = model_bytes(model)
-    if device.type == "cuda":
-        result, above = cuda_peak_memory_bytes(fn, device)
-        return result, PeakMemory(weights, above, None, None, "cuda-allocator",
-                                  "the CUDA allocator does not record which tensors were alive at its peak")
+    """Run ``fn`` (a call of ``model``, e.g. a ``generate``) once; return its result and its peak memory,
+    per device and in total (every device ``model_devices`` names, in one call)."""
+    devices = model_devices(model)
+    weights, uncounted = model_bytes_by_device(model)
+    gpus = [d for d in devices if d.type == "cuda"]
+    on_cpu = any(d.type == "cpu" for d in devices)
+    synchronize(gpus)
+    before = {d: int(torch.cuda.memory_allocated(d)) for d in gpus}
+    for d in gpus:
+        torch.cuda.reset_peak_memory_stats(d)
+    counter: LiveTensorBytes | None = None
+    if on_cpu:
+        result, counter = _count_cpu_storages(fn, model)
+    else:
+        result = fn()
+    synchronize(gpus)
+    above = {device_name(d): int(torch.cuda.max_memory_allocated(d)) - before[d] for d in gpus}
+    if counter is not None:
+        above = {"cpu": counter.peak_bytes, **above}
+    notes = [_CUDA_NOTE] if gpus else []
+    if uncounted:
+        notes.append(f"{uncounted} bytes of weights offloaded to disk (or on the meta device with no device-map "
+                     "entry) are not counted")
+    kv = counter.peak_attributed_bytes if counter is not None and not gpus else None
+    method = "+".join((["cuda-allocator"] if gpus else []) + (["cpu-storages"] if on_cpu else []))
+    return result, PeakMemory(
+        weights_bytes=sum(weights.values()), peak_above_weights_bytes=sum(above.values()),
+        peak_kv_cache_bytes=kv, peak_activations_bytes=None if kv is None else sum(above.values()) - kv,
+        method=method, note="; ".join(notes) or None,
+        weights_bytes_by_device={d: weights.get(d, 0) for d in dict.fromkeys([*above, *weights])},
+        peak_above_weights_bytes_by_device={d: above.get(d, 0) for d in dict.fromkeys([*above, *weights])})
+
+
+def _count_cpu_storages(fn: Callable[[], T], model: nn.Module) -> tuple[T, LiveTensorBytes]:
+    """Run ``fn`` under ``LiveTensorBytes``, attributing the storages of the cache the model is given."""
     watch = _CacheWatch()
     handles = [module.register_forward_pre_hook(watch.hook, with_kwargs=True) for module in model.modules()]
     try:
@@ -213,8 +305,7 @@ def measure_peak(fn: Callable[[], T], model: nn.Module) -> tuple[T, PeakMemory]:
     finally:
         for handle in handles:
             handle.remove()
-    kv = counter.peak_attributed_bytes
-    return result, PeakMemory(weights, counter.peak_bytes, kv, counter.peak_bytes - kv, "cpu-storages")
+    return result, counter
 
 
 def allocator_peak_bytes(fn: Callable[[], T]) -> tuple[T, int]:

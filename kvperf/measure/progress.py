@@ -101,6 +101,11 @@ class SessionProgress:
                     f"{format_duration(estimate)}, x{scale:.2f}: the {done} so far took {scale:.2f}x theirs)")
         return f"; about {format_duration(spent / done * left)} left for {left} case(s) (mean of the {done} so far)"
 
+    def drop_estimate(self, name: str, estimated_s: float | None = None) -> None:
+        """A case was skipped: its estimate (``estimated_s``, else the planned one) is no longer ahead."""
+        if self.estimated_total_s is not None:
+            self.estimated_total_s -= self.estimated_case_s.get(name, 0.0) if estimated_s is None else estimated_s
+
     def case(self, name: str) -> CaseProgress:
         return CaseProgress(self, name, len(self.case_times_s) + 1)
 

@@ -13,6 +13,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
 from kvperf.errors import UsageError
+from kvperf.measure.devices import input_device
 from kvperf.models import max_positions
 from kvperf.spec import GenerationSpec
 
@@ -100,5 +101,5 @@ def make_prompts(
                                  "so that every row keeps a real token")
             input_ids[row, :pads] = pad_token_id(config)
             attention_mask[row, :pads] = 0
-    device = next(model.parameters()).device
+    device = input_device(model)  # the embeddings' device: a device map may put them elsewhere than cuda:0
     return input_ids.to(device), attention_mask.to(device)

@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
+from kvperf.measure.cache_modes import STATIC_MODES
 from kvperf.measure.harness import forget_static_cache, generate_kwargs
 from kvperf.spec import GenerationSpec
 
@@ -109,7 +110,7 @@ class _PrefillMark(BaseStreamer):
 def measure_work(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor) -> WorkCount:
     """Count the FLOPs of one untimed ``generate`` call for ``spec`` on the given prompts."""
-    if spec.cache == "static":
+    if spec.cache in STATIC_MODES:
         forget_static_cache(model)  # the work of this spec alone, whatever static case ran before
     counter = count_flops()
     mark = _PrefillMark(counter)

@@ -182,26 +182,103 @@ def _matrix_table(cases: list[Row]) -> Table:
                  ("'vs off': e2e with the cache off divided by e2e of this row (same batch, prompt, dtype).",))
 
 
+def _caches_table(title: str) -> Callable[[list[Row]], Table]:
+    """The ``caches`` and ``sliding`` experiments: one row per cache mode, with the compile time of a
+    compiled one (never in TPOT: see kvperf.measure.compiling) and the recompiles of its timed rounds."""
+
+    def table(cases: list[Row]) -> Table:
+        rows = []
+        for c in _sorted(cases, "dtype", "batch_size", "prompt_len", "cache"):
+            compile_s = c.get("compile_s")
+            recompiles = c.get("recompiles_in_timed_rounds")
+            rows.append((c["cache"], c.get("model", ""), c["dtype"], str(c["batch_size"]), str(c["prompt_len"]),
+                         str(c["new_tokens"]), _ms(c["ttft_s"]), _ms(c["tpot_s"]),
+                         "" if compile_s is None else f"{compile_s:.1f}", "" if recompiles is None else str(recompiles),
+                         _mib(c["peak_memory_bytes"]), _mib(c["kv_cache_bytes"]), _busy(c)))
+        return Table(title, ("cache", "model", "dtype", "batch", "prompt", "new", "TTFT ms", "TPOT ms", "compile s",
+                             "recompiles", "peak MiB", "KV MiB", "busy"), tuple(rows),
+                     ("compile s: the untimed call that compiled (never inside TTFT or TPOT); recompiles: frames "
+                      "compiled during the timed rounds (0 expected).",))
+
+    return table
+
+
 def _formula_table(cases: list[Row]) -> Table:
     rows = []
     refusals: dict[str, None] = {}
+    models = []
     for c in _sorted(cases, "cache", "dtype", "batch_size", "prompt_len", "new_tokens"):
+        models.append(c.get("model"))
         formula, measured = c["kv_cache_formula_bytes"], c["kv_cache_bytes"]
         if formula is None:  # the formula refused this model: the note says why
             refusals[f"No formula: {c.get('kv_cache_formula_note') or 'no reason recorded'}."] = None
         rows.append((c["cache"], c["dtype"], str(c["batch_size"]), str(c["prompt_len"]), str(c["new_tokens"]),
                      "null" if formula is None else f"{formula:,}", f"{measured:,}",
                      "" if formula is None else f"{measured - formula:+,}"))
-    unique = {r[:5]: r for r in rows}  # the same spec in several experiments: one row
+    unique = {(m, *r[:5]): r for m, r in zip(models, rows, strict=True)}  # a spec in several experiments: one row
     exact = sum(r[-1] == "+0" for r in unique.values())
     return Table("KV-cache formula against the measured tensors (experiment 5)",
                  ("cache", "dtype", "batch", "prompt", "new", "formula bytes", "measured bytes", "difference"),
                  tuple(unique.values()), (f"{exact} of {len(unique)} cases agree to the byte.", *refusals))
 
 
+def _gbs(value: Any) -> str:
+    return "null" if value is None else f"{value / 1e9:.3g}"
+
+
+def _roofline_table(cases: list[Row]) -> Table:
+    """Every case against the memory-bandwidth limit (``kvperf.measure.roofline``)."""
+    rows: list[tuple[str, ...]] = []
+    notes: dict[str, int] = {}
+    peaks: dict[tuple[Any, Any], None] = {}
+    for c in _sorted(cases, "cache", "dtype", "batch_size", "prompt_len", "new_tokens"):
+        fraction, intensity = c.get("bandwidth_fraction"), c.get("arithmetic_intensity_flops_per_byte")
+        nbytes = c.get("decode_bytes_per_step")
+        mark = ""
+        if c.get("roofline_note"):
+            mark = f"[{notes.setdefault(str(c['roofline_note']), len(notes) + 1)}]"
+        if c.get("peak_bandwidth_bytes_per_s") is not None or c.get("peak_bandwidth_note"):
+            peaks[(c.get("peak_bandwidth_bytes_per_s"), c.get("peak_bandwidth_note"))] = None
+        rows.append((str(c.get("experiment", "custom")), c["cache"], c["dtype"], str(c["batch_size"]),
+                     str(c["prompt_len"]), str(c["new_tokens"]), _ms(c["tpot_s"]),
+                     "null" if nbytes is None else _mib(nbytes), _gbs(c.get("achieved_bandwidth_bytes_per_s")),
+                     "null" if fraction is None else f"{fraction:.1%}",
+                     "null" if intensity is None else f"{intensity:.3g}", mark))
+    lines = [f"peak bandwidth {_gbs(peak)} GB/s: {note or 'no note'}" for peak, note in peaks]
+    lines.append("bytes/step: weights + the formula's KV cache (mean over the decode steps) + recurrent states; "
+                 "achieved = bytes/step / TPOT; FLOP/byte = decode FLOPs per step / bytes per step.")
+    lines += [f"[{n}] {note}" for note, n in notes.items()]
+    return Table("Roofline: decode against the memory-bandwidth limit",
+                 ("experiment", "cache", "dtype", "batch", "prompt", "new", "TPOT ms", "MiB/step", "achieved GB/s",
+                  "of peak", "FLOP/byte", "note"), tuple(rows), tuple(lines))
+
+
+def _energy_table(cases: list[Row]) -> Table:
+    """Energy of the timed generate calls (``kvperf.measure.energy``): a row per measured case; the cases
+    that have none are counted under their reason, never given a number."""
+    rows: list[tuple[str, ...]] = []
+    missing: dict[str, int] = {}
+    for c in _sorted(cases, "cache", "dtype", "batch_size", "prompt_len", "new_tokens"):
+        if c.get("energy_j") is None:
+            reason = str(c.get("energy_note") or "no reason recorded")
+            missing[reason] = missing.get(reason, 0) + 1
+            continue
+        per_token = c.get("energy_per_token_j")
+        rows.append((str(c.get("experiment", "custom")), c["cache"], c["dtype"], str(c["batch_size"]),
+                     str(c["prompt_len"]), str(c["new_tokens"]), f"{c['energy_j']:.4g}",
+                     "null" if per_token is None else f"{per_token * 1e3:.4g}", str(c.get("energy_source") or "")))
+    notes = ["energy_j: the whole timed generate call, prefill included; per token: divided by the generated "
+             "tokens (median over the rounds)."]
+    notes += [f"null in {n} of {len(cases)} cases: {reason}" for reason, n in missing.items()]
+    return Table("Energy of the timed generate calls",
+                 ("experiment", "cache", "dtype", "batch", "prompt", "new", "energy J", "mJ/token", "counter"),
+                 tuple(rows), tuple(notes))
+
+
 _BUILDERS: dict[str, Callable[[list[Row]], Table]] = {
     "matrix": _matrix_table, "length": _length_table, "batch": _batch_table,
     "context": _context_table, "first_token": _first_token_table,
+    "caches": _caches_table("Cache implementations"), "sliding": _caches_table("Sliding-window caches"),
 }
 
 
@@ -218,4 +295,10 @@ def make_tables(cases: list[Row]) -> list[Table]:
     cached = [c for c in cases if c["cache"] != "off" and "kv_cache_formula_bytes" in c]
     if cached:
         tables.append(_formula_table(cached))
+    roofline = [c for c in cases if "decode_bytes_per_step" in c]
+    if roofline:
+        tables.append(_roofline_table(roofline))
+    energy = [c for c in cases if "energy_j" in c]
+    if energy:
+        tables.append(_energy_table(energy))
     return tables

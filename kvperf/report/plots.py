@@ -94,17 +94,72 @@ def _memory(ax: Any, xs: Sequence[float], cases: Sequence[Row], dtype: str) -> N
     ax.plot(xs, [c["peak_memory_bytes"] / 2**20 for c in cases], "s--", color=colour, label=f"peak, {dtype}")
 
 
-def _busy_note(fig: Any, cases: Sequence[Row]) -> None:
+def _busy_note(fig: Any, cases: Sequence[Row], bars: bool = True) -> None:
     busy = sum(contended(c) is not None for c in cases)
-    text = ("bars: fastest to slowest round; " +
+    text = (("bars: fastest to slowest round; " if bars else "points: medians of the rounds; ") +
             (f"red circles: {busy} case(s) whose rounds waited for a core (cpu_wait > 5%): timings unreliable"
              if busy else "no case waited for a core"))
     fig.text(0.5, 0.005, text, ha="center", va="bottom", fontsize=7, color="red" if busy else "black")
 
 
+def _ceilings(cases: Sequence[Row], key: str) -> list[float]:
+    return sorted({float(c[key]) for c in cases if isinstance(c.get(key), (int, float)) and c[key] > 0})
+
+
+def _plain_label(value: float, _position: Any) -> str:
+    return f"{value:g}"
+
+
+def _roofline(axes: Any, cases: Sequence[Row]) -> None:
+    """Left: achieved FLOP rate against arithmetic intensity, under the bandwidth slope and the measured
+    compute roof. Right: achieved bandwidth against the bytes a step reads, under the peak."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    _plain = FuncFormatter(_plain_label)
+    ax1, ax2 = axes
+    for (dtype, cache), mine in _series(cases, "arithmetic_intensity_flops_per_byte"):
+        marker = _STYLE.get(cache, ("-.", "x"))[1]
+        colour = _COLOURS.get(dtype, "tab:gray")
+        panels = ((ax1, [c["arithmetic_intensity_flops_per_byte"] for c in mine],
+                   [c["achieved_flops_per_s"] / 1e9 for c in mine]),
+                  (ax2, [c["decode_bytes_per_step"] / 2**20 for c in mine],
+                   [c["achieved_bandwidth_bytes_per_s"] / 1e9 for c in mine]))
+        for ax, xs, ys in panels:
+            ax.scatter(xs, ys, marker=marker, color=colour, label=f"cache {cache}, {dtype}", zorder=3)
+            busy = [(x, y) for x, y, c in zip(xs, ys, mine, strict=True) if contended(c) is not None]
+            if busy:
+                ax.scatter(*zip(*busy, strict=True), s=160, facecolors="none", edgecolors="red", linewidths=1.5)
+    intensities = [c["arithmetic_intensity_flops_per_byte"] for c in cases]
+    low, high = min(intensities) / 3, max(intensities) * 3
+    flops = _ceilings(cases, "peak_flops_per_s")
+    for peak in _ceilings(cases, "peak_bandwidth_bytes_per_s"):
+        ridge = flops[-1] / peak if flops else high
+        xs = [low, min(max(ridge, low), high)]
+        ax1.plot(xs, [x * peak / 1e9 for x in xs], "k-", linewidth=1.2, label=f"bandwidth roof {peak / 1e9:.3g} GB/s")
+        ax2.axhline(peak / 1e9, color="k", linewidth=1.2, label=f"peak bandwidth {peak / 1e9:.3g} GB/s")
+    bandwidth = _ceilings(cases, "peak_bandwidth_bytes_per_s")
+    for peak in flops:  # flat from the ridge point (of the highest bandwidth roof) on
+        start = max(low, min(peak / bandwidth[-1], high)) if bandwidth else low
+        ax1.plot([start, high], [peak / 1e9] * 2, "k--", linewidth=1.2,
+                 label=f"compute roof {peak / 1e9:.3g} GFLOP/s (float32 matmul)")
+    if not flops:
+        ax1.text(0.02, 0.98, "compute roof not measured", transform=ax1.transAxes, va="top", fontsize=8)
+    ax1.set(xscale="log", yscale="log", xlabel="arithmetic intensity (decode FLOPs per byte read)",
+            ylabel="achieved GFLOP/s (decode FLOPs per step / TPOT)",
+            title="Roofline: every case under the machine's roofs")
+    ax2.set(xscale="log", yscale="log", xlabel="MiB one decode step reads (weights + KV cache + states)",
+            ylabel="achieved GB/s (bytes per step / TPOT)", title="Achieved bandwidth against the bytes a step reads")
+    for ax in (ax1, ax2):  # plain numbers; minor ticks labelled only on an axis of under 1.5 decades
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            axis.set_major_formatter(_plain)
+            axis.set_minor_formatter(_plain if hi < 30 * lo else NullFormatter())
+        ax.tick_params(which="both", labelsize=7)
+        ax.tick_params(axis="x", which="both", labelrotation=45)
+
+
 def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
-    """Write one PNG per plotted experiment (``length.png``, ``batch.png``, ``context.png``) into
-    ``out_dir`` and return their paths."""
+    """Write one PNG per plotted experiment (``length.png``, ``batch.png``, ``context.png``) and the
+    roofline of every case that has one (``roofline.png``) into ``out_dir``, and return their paths."""
     try:
         import matplotlib
 
@@ -123,14 +178,15 @@ def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
         groups[str(case.get("experiment", "custom"))].append(case)
     written: list[Path] = []
 
-    def save(name: str, title: str, group: Sequence[Row], draw: Callable[[Any], None], panels: int = 2) -> None:
+    def save(name: str, title: str, group: Sequence[Row], draw: Callable[[Any], None], panels: int = 2,
+             bars: bool = True) -> None:
         fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5))
         draw(axes)
         for ax in axes:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
         fig.suptitle(title, fontsize=10)
-        _busy_note(fig, group)
+        _busy_note(fig, group, bars)
         fig.tight_layout(rect=(0, 0.03, 1, 1))
         path = out / name
         try:
@@ -193,4 +249,10 @@ def make_plots(cases: list[Row], out_dir: str | Path) -> list[Path]:
 
         save("context.png", _title("Experiment 3: context length, cache on, batch 1", groups["context"]),
              groups["context"], context, 3)
+    roofline = [c for c in cases if all(isinstance(c.get(k), (int, float)) and c[k] > 0 for k in (
+        "arithmetic_intensity_flops_per_byte", "achieved_flops_per_s", "decode_bytes_per_step",
+        "achieved_bandwidth_bytes_per_s"))]
+    if roofline:
+        save("roofline.png", _title("Roofline: decode steps against the memory-bandwidth limit", roofline),
+             roofline, lambda axes: _roofline(axes, roofline), bars=False)
     return written

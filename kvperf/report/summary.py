@@ -28,6 +28,8 @@ _TITLES = {
     "batch": "batch (experiment 2): throughput against batch size",
     "context": "context (experiment 3): latency and memory against prompt length",
     "first_token": "first_token (experiment 4): TTFT against TPOT",
+    "caches": "caches: every cache implementation at one size",
+    "sliding": "sliding: a sliding-window model's caches",
 }
 
 
@@ -45,7 +47,8 @@ def _key(case: Row) -> tuple[Any, ...]:
 
 def _table(experiment: str, cases: Sequence[Row]) -> Table:
     off = {_key(c): c for c in cases if c["cache"] == "off"}
-    order = {"on": 0, "static": 1, "off": 2}
+    order = {mode: i for i, mode in enumerate(("on", "static", "compiled", "quanto", "hqq", "fp8", "offloaded",
+                                               "offloaded_static", "off"))}
     rows: list[tuple[str, ...]] = []
     flagged = 0
     for c in sorted(cases, key=lambda c: (c["dtype"], c["batch_size"], c["prompt_len"], c["new_tokens"],
