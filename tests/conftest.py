@@ -18,13 +18,18 @@ from hypothesis import HealthCheck, settings
 
 # The plugin imports these on first use (kvperf.plugin). pytester's in-process runs drop the modules
 # first imported inside them, and importing torch's parts a second time warns (an error here): so
-# the test process imports them once, up front.
+# the test process imports them once, up front. The same goes for the modeling code of the presets,
+# which kvperf.models imports where a model is built: a model class imported a second time is a new
+# class that transformers' registries (attention implementations) do not know.
 for _module in (
     "kvperf.measure.bench",
     "kvperf.measure.harness",
     "kvperf.models",
     "kvperf.measure.oom",
     "kvperf.measure.prompts",
+    "transformers.models.gpt2.modeling_gpt2",
+    "transformers.models.llama.modeling_llama",
+    "transformers.models.mistral.modeling_mistral",
 ):
     importlib.import_module(_module)
 
