@@ -30,6 +30,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from kvperf.errors import UsageError
+from kvperf.features import missing_state_layers
 
 __all__ = ["KvShape", "LayerShape"]
 
@@ -221,6 +222,11 @@ def _refuse_special(config: PretrainedConfig, text: PretrainedConfig, model_type
     supports: Callable[[], bool] | None = getattr(cls, "_supports_default_dynamic_cache", None)
     if supports is not None and not supports():
         why = _OWN_CACHE.get(model_type, "keeps a cache of its own instead of a transformers Cache")
+        old_release = missing_state_layers()
+        # Stateful (Mamba, DeltaNet) and short-conv families had caches of their own before transformers 5.5.
+        if old_release is not None and model_type not in _OWN_CACHE and (
+                getattr(cls, "_is_stateful", False) or "lfm2" in cls.__name__.lower()):
+            why = f"{why}: {old_release}"
         raise UsageError(f"kvperf cannot size the cache of the {where}: {cls.__name__} {why}")
     forward = inspect.signature(getattr(cls, "forward")).parameters  # noqa: B009 - typed as a plain type
     if not {"cache", "past_key_values", "past_key_value", "mems"} & set(forward):
@@ -257,6 +263,10 @@ def _layer_types(text: PretrainedConfig, layers: int, where: str) -> list[str]:
                          f"({' '.join(str(exc).split())}): fix num_kv_shared_layers or layer_types") from None
     if sharing is not None:  # layers that reuse an earlier layer's keys and values cache nothing
         layer_types = ["dummy" if mode == "reuse" else t for t, mode in zip(layer_types, sharing, strict=False)]
+    elif (shared := _int_attr(text, "num_kv_shared_layers")) and 0 < shared < layers:
+        # Releases whose configs have no kv_sharing_modes (before transformers 5.23) build the cache without
+        # the last num_kv_shared_layers layers (DynamicCache and StaticCache: layer_types[:-num_kv_shared_layers]).
+        layer_types = layer_types[:-shared]
     return layer_types
 
 
