@@ -185,12 +185,12 @@ def _cached_latent_layout(config: Any) -> str:
 
 def test_latent_attention_shapes() -> None:
     """DeepSeek-V3's layers cache the compressed latent (kv_lora_rank) and the shared rotary key
-    (qk_rope_head_dim), one head each, not keys and values expanded to every head (transformers 5.24 on)."""
+    (qk_rope_head_dim), one head each, not keys and values expanded to every head (transformers 5.15 on)."""
     config = tiny_config("deepseek_v3")
     latent = (1, config.kv_lora_rank, 1, config.qk_rope_head_dim)
     if _cached_latent_layout(config) != "latent":
         pytest.skip(f"transformers {transformers_version} caches DeepSeek-V3's keys and values expanded to every "
-                    "head; it caches the latent from 5.24 (test_expanded_latent_attention_shapes runs here)")
+                    "head; it caches the latent from 5.15 (test_expanded_latent_attention_shapes runs here)")
     layer = KvShape.from_config(config).layers[0]
     assert (layer.key_heads, layer.key_dim, layer.value_heads, layer.value_dim) == latent
     assert estimate_kv_cache(config, 1, 1).bytes_per_token == config.num_hidden_layers * (
@@ -198,7 +198,7 @@ def test_latent_attention_shapes() -> None:
 
 
 def test_expanded_latent_attention_shapes() -> None:
-    """Before transformers 5.24, DeepSeek-V3's layers cache keys (qk_nope_head_dim + qk_rope_head_dim) and
+    """Before transformers 5.15, DeepSeek-V3's layers cache keys (qk_nope_head_dim + qk_rope_head_dim) and
     values (v_head_dim) expanded to every attention head: the formula follows what the release caches."""
     config = tiny_config("deepseek_v3")
     heads = config.num_attention_heads

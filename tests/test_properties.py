@@ -528,8 +528,8 @@ def test_p1_catches_broken_cache_of_each_layer_type(model_type: str, breakage: s
 
 def _other_latent_layout(config: Any, *args: Any, **kwargs: Any) -> Any:
     """Sizes multi-head latent attention in the layout this release does not cache: keys and values
-    expanded to every head (what transformers cached before 5.24) where kvperf sizes the latent and the
-    rotary key (what it caches from 5.24), and the latent where kvperf sizes expanded keys and values."""
+    expanded to every head (what transformers cached before 5.15) where kvperf sizes the latent and the
+    rotary key (what it caches from 5.15), and the latent where kvperf sizes expanded keys and values."""
     shape = KvShape.from_config(config)
     heads, rope = config.num_attention_heads, config.qk_rope_head_dim
     expanded = {"key_heads": heads, "key_dim": config.qk_nope_head_dim + rope, "value_heads": heads,
