@@ -40,7 +40,7 @@ BACKEND_SINCE = {"quanto": "4.57", "fp8": "5.21"}
 #: The layer class of each backend in ``transformers.cache_utils``: its presence is the feature.
 _BACKEND_LAYER = {"quanto": "QuantoQuantizedLayer", "fp8": "Fp8QuantizedLayer"}
 #: The oldest transformers release whose ``Cache`` holds linear-attention and Mamba states
-#: (``cache_utils.LinearAttentionLayer``; 5.4.0 has no such class, 5.5.4 has it).
+#: (``cache_utils.LinearAttentionLayer``; 5.4.0 has no such class, 5.5.0 has it).
 STATE_LAYERS_SINCE = "5.5"
 
 
