@@ -16,19 +16,29 @@ things differently is still sized right:
 * ``missing_cache_implementation``: a ``cache_implementation`` name this release's ``generate`` lacks.
 * ``missing_compiler``: why ``generate`` cannot compile its forward pass here (no TorchDynamo on this
   Python, no way to ask transformers to compile on a CPU, no C++ compiler for inductor's CPU kernels).
+* ``missing_state_layers``: whether transformers' ``Cache`` holds the conv and recurrent states of
+  linear-attention, Mamba and short-conv layers (``LinearAttentionLayer``, from 5.5). Before, each
+  such family kept its states in a cache class of its own (``Qwen3NextDynamicCache``, ``MambaCache``,
+  ``HybridMambaAttentionDynamicCache``, ...), which kvperf does not size: it refuses them, naming 5.5.
+* ``static_values_have_their_own_width``: whether ``StaticLayer`` allocates its values at their own
+  head dim. 4.57 allocates them at the keys' width, so a static cache of a model whose values are
+  narrower than its keys (DeepSeek's expanded latent attention with ``v_head_dim`` below
+  ``qk_nope_head_dim + qk_rope_head_dim``) fails in transformers' ``index_copy_``.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import os
 from typing import Any
 
 import torch
 
-__all__ = ["BACKEND_SINCE", "missing_cache_implementation", "missing_compiler", "missing_quantized_backend",
-           "quanto_residual_cycle"]
+__all__ = ["BACKEND_SINCE", "STATE_LAYERS_SINCE", "missing_cache_implementation", "missing_compiler",
+           "missing_quantized_backend", "missing_state_layers", "quanto_residual_cycle",
+           "static_values_have_their_own_width"]
 
 #: The oldest transformers release with each ``QuantizedCache`` backend that kvperf supports.
 BACKEND_SINCE = {"quanto": "4.57", "hqq": "4.57", "fp8": "5.21"}
@@ -37,6 +47,9 @@ _BACKEND_LAYER = {"quanto": "QuantoQuantizedLayer", "hqq": "HQQQuantizedLayer", 
 #: The package each backend needs beside transformers, and the command that installs it.
 _BACKEND_PACKAGE = {"quanto": ("optimum.quanto", "optimum-quanto", "pip install 'kvperf[quantized]'"),
                     "hqq": ("hqq", "hqq", "pip install hqq")}
+#: The oldest transformers release whose ``Cache`` holds linear-attention and Mamba states
+#: (``cache_utils.LinearAttentionLayer``; 5.4.0 has no such class, 5.5.0 has it).
+STATE_LAYERS_SINCE = "5.5"
 
 
 def missing_quantized_backend(backend: str) -> str | None:
@@ -125,3 +138,26 @@ def quanto_residual_cycle(residual_length: int) -> int:
     if residual_length >= 2:
         return residual_length
     return 2 if _appends_to_an_empty_residual() else 1
+
+
+def missing_state_layers() -> str | None:
+    """``None`` when transformers' ``Cache`` holds conv and recurrent states (``LinearAttentionLayer``),
+    else why kvperf cannot size linear-attention, Mamba and short-conv families here, naming the release
+    it needs (a skip reason, or the end of an error)."""
+    from transformers import __version__, cache_utils
+
+    if getattr(cache_utils, "LinearAttentionLayer", None) is not None:
+        return None
+    return (f"transformers {__version__} keeps the conv and recurrent states of linear-attention, Mamba and "
+            f"short-conv layers in a cache class of each model's own, which kvperf does not size; it sizes them "
+            f"from transformers {STATE_LAYERS_SINCE}, whose Cache holds them (LinearAttentionLayer): "
+            "pip install -U transformers")
+
+
+@functools.cache
+def static_values_have_their_own_width() -> bool:
+    """Whether ``StaticLayer`` allocates values at the values' own head dim (it is handed them when it
+    allocates: ``lazy_initialization(key_states, value_states)``, 5.0 on) rather than at the keys'."""
+    from transformers.cache_utils import StaticLayer
+
+    return "value_states" in inspect.signature(StaticLayer.lazy_initialization).parameters

@@ -11,6 +11,7 @@ import torch
 from transformers import MistralConfig
 
 from kvperf.errors import UsageError
+from kvperf.features import missing_state_layers
 from kvperf.kv.capacity import (
     format_bytes,
     gpu_free_memory_bytes,
@@ -157,6 +158,8 @@ def test_longest_context_of_a_hybrid_leaves_room_for_its_state() -> None:
     from kvperf.kv.families import tiny_config
     from kvperf.kv.kv_size import estimate_kv_cache
 
+    if (why := missing_state_layers()) is not None:
+        pytest.skip(why)
     config = tiny_config("qwen3_next")
     one = estimate_kv_cache(config, 2, 1)
     state, per_token = one.state_bytes, 2 * one.bytes_per_token
@@ -171,6 +174,8 @@ def test_report_of_a_cache_of_states_alone() -> None:
     """Mamba's cache does not grow: any context fits once its state does."""
     from kvperf.kv.families import tiny_config
 
+    if (why := missing_state_layers()) is not None:
+        pytest.skip(why)
     report = kv_size_report("mamba", tiny_config("mamba"), batch_size=1, seq_len=100, dtype=None, cache="dynamic",
                             quantization=Quantization(), device_memory="1GiB")
     assert report["kv_bytes"] == 0 and report["state_bytes"] == report["total_bytes"] > 0

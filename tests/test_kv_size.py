@@ -432,3 +432,13 @@ def test_quantized_cache_refuses_layers_of_other_widths() -> None:
     latent = KvShape("x", (replace(KvShape.uniform("x", 1, 1, 32).layers[0], value_dim=8),))
     with pytest.raises(UsageError, match="the keys and values of this x config differ in width"):
         estimate_kv_cache(latent, 1, 10, cache="quantized")
+
+
+def test_returned_cache_under_every_name_a_release_uses() -> None:
+    """``cache`` (5.24), ``past_key_values`` (before), and Mamba models' ``cache_params`` (before 5.24);
+    a name that carries ``None`` is passed over, and an output with no cache gives ``None``."""
+    cache = object()
+    for name in ("cache", "past_key_values", "cache_params"):
+        assert returned_cache({name: cache}) is cache
+    assert returned_cache({"past_key_values": None, "cache_params": cache}) is cache
+    assert returned_cache({"logits": cache}) is None

@@ -58,7 +58,8 @@ def test_no_baseline_of_this_software_names_the_ones_there_are(pytester: pytest.
     pytester.makepyfile(test_bench=BENCH_FILE)
     env = current_environment("cpu", root=pytester.path, torch_threads=1)
     older = result_json({CASE: info(BASE)})
-    older["machine_info"]["kvperf"] = dict(env.to_json(), transformers_version="5.0.0", machine_id="elsewhere")
+    # A release no supported environment runs, so that the baseline is of other software on every release.
+    older["machine_info"]["kvperf"] = dict(env.to_json(), transformers_version="4.0.0", machine_id="elsewhere")
     path = pytester.path / "baselines" / "cpu-old" / "quick.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(older))
@@ -66,6 +67,6 @@ def test_no_baseline_of_this_software_names_the_ones_there_are(pytester: pytest.
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([
         f"ERROR: no baseline for this environment (*), and the saved ones were made with other software: {path} "
-        f"(transformers_version ('5.0.0' -> {env.transformers_version!r})): save one with `pytest benchmarks "
+        f"(transformers_version ('4.0.0' -> {env.transformers_version!r})): save one with `pytest benchmarks "
         "--kvperf-save-baseline`, install the release it was made with to compare with it (`pip install "
-        '"transformers==5.0.0"`), or pass --kvperf-compare=FILE --kvperf-allow-env-mismatch'])
+        '"transformers==4.0.0"`), or pass --kvperf-compare=FILE --kvperf-allow-env-mismatch'])

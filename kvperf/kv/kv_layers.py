@@ -30,6 +30,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from kvperf.errors import UsageError
+from kvperf.features import missing_state_layers
 
 __all__ = ["STANDARD_CACHE_FAMILIES", "KvShape", "LayerShape", "check_model_class"]
 
@@ -39,6 +40,9 @@ _ATTENTION_TYPES = {"full_attention", "sliding_attention", "chunked_attention", 
 _STATE_TYPES = {"linear_attention", "conv"}
 _HYBRID_TYPES = {"hybrid", "hybrid_sliding"}
 _EMPTY_TYPES = {"dummy", "moe", "mlp"}
+#: Older names of layer types: transformers 5.15 calls the indexed layer of DeepSeek sparse attention
+#: ``deepseek_sparse_attention`` (the same ``DynamicIndexedLayer`` and ``StaticIndexedLayer``).
+_LAYER_TYPE_ALIASES = {"deepseek_sparse_attention": "indexed_attention"}
 
 
 @dataclass(frozen=True)
@@ -235,21 +239,38 @@ def check_model_class(config: PretrainedConfig, text: PretrainedConfig, model_ty
     supports: Callable[[], bool] | None = getattr(cls, "_supports_default_dynamic_cache", None)
     if supports is not None and not supports():
         why = _OWN_CACHE.get(model_type, "keeps a cache of its own instead of a transformers Cache")
+        old_release = missing_state_layers()
+        # Stateful (Mamba, DeltaNet) and short-conv families had caches of their own before transformers 5.5.
+        if old_release is not None and model_type not in _OWN_CACHE and (
+                getattr(cls, "_is_stateful", False) or "lfm2" in cls.__name__.lower()):
+            why = f"{why}: {old_release}"
         raise UsageError(f"kvperf cannot size the cache of the {where}: {cls.__name__} {why}")
     forward = inspect.signature(getattr(cls, "forward")).parameters  # noqa: B009 - typed as a plain type
-    if not {"cache", "past_key_values", "past_key_value", "mems"} & set(forward):
+    if not {"cache", "past_key_values", "past_key_value", "cache_params", "mems"} & set(forward):
         raise UsageError(f"the {where} caches nothing: {cls.__name__}.forward takes no cache, so every step "
                          "recomputes the whole prefix (its cache stays empty)")
 
 
 def _caches_latent(config: PretrainedConfig, text: PretrainedConfig) -> bool:
-    """Whether this family's multi-head latent attention caches the compressed latent (transformers
-    5.24 on: ``cache.update(kv_nope, k_rot)`` before ``expand_kv``) rather than expanded keys and values."""
+    """Whether this family's multi-head latent attention caches the compressed latent
+    (``cache.update(kv_nope, k_rot)`` before ``self.expand_kv``) rather than expanded keys and values.
+
+    Read from the installed attention's ``forward``, family by family: DeepSeek-V3 caches the latent from
+    transformers 5.15, GLM-MoE-DSA from 5.18 (5.15 to 5.17 expand first, then cache); before 5.15 there
+    is no ``expand_kv`` and every family caches expanded keys and values."""
     cls = _model_class(config) or _model_class(text)
     module = sys.modules.get(cls.__module__) if cls is not None else None
     if module is None:
         return True
-    return any(isinstance(obj, type) and hasattr(obj, "expand_kv") for obj in vars(module).values())
+    for obj in vars(module).values():
+        if isinstance(obj, type) and hasattr(obj, "expand_kv"):
+            try:
+                source = inspect.getsource(getattr(obj, "forward"))  # noqa: B009 - typed as a plain type
+            except (OSError, TypeError):  # no source to read: the layout of the newest releases
+                return True
+            update, expand = source.find(".update("), source.find("self.expand_kv(")
+            return update != -1 and (expand == -1 or update < expand)
+    return False
 
 
 def _layer_types(text: PretrainedConfig, layers: int, where: str) -> list[str]:
@@ -261,7 +282,7 @@ def _layer_types(text: PretrainedConfig, layers: int, where: str) -> list[str]:
             layer_types = ["chunked_attention"] * layers
         else:
             layer_types = ["full_attention"] * layers
-    layer_types = [str(t) for t in layer_types]
+    layer_types = [_LAYER_TYPE_ALIASES.get(str(t), str(t)) for t in layer_types]
     if len(layer_types) != layers:
         raise UsageError(f"the {where} lists {len(layer_types)} layer_types for {layers} layers: fix layer_types")
     try:
@@ -271,6 +292,10 @@ def _layer_types(text: PretrainedConfig, layers: int, where: str) -> list[str]:
                          f"({' '.join(str(exc).split())}): fix num_kv_shared_layers or layer_types") from None
     if sharing is not None:  # layers that reuse an earlier layer's keys and values cache nothing
         layer_types = ["dummy" if mode == "reuse" else t for t, mode in zip(layer_types, sharing, strict=False)]
+    elif (shared := _int_attr(text, "num_kv_shared_layers")) and 0 < shared < layers:
+        # Releases whose configs have no kv_sharing_modes (before transformers 5.23) build the cache without
+        # the last num_kv_shared_layers layers (DynamicCache and StaticCache: layer_types[:-num_kv_shared_layers]).
+        layer_types = layer_types[:-shared]
     return layer_types
 
 

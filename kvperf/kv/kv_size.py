@@ -33,7 +33,9 @@ Layers of other types (``kvperf.kv.kv_layers`` reads them from the config, layer
 * **keys and values of their own widths**: ``B·positions·(Hk·Dk + Hv·Dv)·s``. Multi-head latent
   attention (DeepSeek-V2/V3, MiniCPM3, Kimi, ...) caches, as transformers 5.24 does, the compressed
   latent (``Dk = kv_lora_rank``) and the shared rotary key (``Dv = qk_rope_head_dim``), one head each;
-  MiMo-V2-Flash's values are narrower than its keys.
+  older releases (DeepSeek-V3 before 5.15, GLM-MoE-DSA before 5.18) cache keys and values expanded to
+  every head, and the formula follows what the installed release caches. MiMo-V2-Flash's values are
+  narrower than its keys.
 * **indexed attention** (DeepSeek sparse attention): also the indexer's keys, ``B·positions·d_index``.
 * **linear attention, Mamba, conv layers**: a conv state and a recurrent state per sequence, the same
   at any ``S``: ``B·(conv·s + recurrent·s_r)``, with ``s_r = 4`` where transformers' PyTorch scans keep
@@ -393,8 +395,9 @@ def _storage_bytes(tensors: Iterator[torch.Tensor], seen: set[tuple[str, int]]) 
 
 
 #: Names under which transformers passes and returns a cache: ``cache`` from 5.24, ``past_key_values``
-#: before (5.24 still accepts it, with a deprecation warning).
-CACHE_NAMES = ("cache", "past_key_values")
+#: before (5.24 still accepts it, with a deprecation warning); Mamba-based models' ``cache_params``
+#: before 5.24 (a transformers ``Cache`` from 5.5, the model's own ``MambaCache`` before).
+CACHE_NAMES = ("cache", "past_key_values", "cache_params")
 
 
 def returned_cache(output: Any) -> Any:
