@@ -39,8 +39,8 @@ def test_run_prints_every_result_field(capsys):
          "kvperf: error: --cache offloaded: cache 'offloaded' (DynamicCache(offloading=True)) keeps layers in CPU "
          "memory and copies them to the GPU as they are needed, so it needs cuda, and this run is on cpu: run it on "
          "a GPU machine with --kvperf-device cuda (kvperf run: --device cuda)\n"),
-        (["run", "tiny-mistral-sliding", "--cache", "fp8"],
-         "kvperf: error: --cache fp8: cache 'fp8' (QuantizedCache) holds full-attention layers only, and this "
+        (["run", "tiny-mistral-sliding", "--cache", "quanto"],
+         "kvperf: error: --cache quanto: cache 'quanto' (QuantizedCache) holds full-attention layers only, and this "
          "mistral model has layers of window 16: use cache on or static for it\n"),
         (["run", ""], "kvperf: error: MODEL is empty: give a preset (tiny-gpt2, distilgpt2, tiny-llama-gqa), a model "
                       "directory or a hub id\n"),

@@ -30,7 +30,10 @@ def test_the_formula_is_what_torch_counts(name: str):
     work = model_work(model)
     for spec in _SPECS:
         input_ids, attention_mask = make_prompts(model, spec)
-        assert estimated_call_flops(work, spec) == measure_work(model, spec, input_ids, attention_mask).flops, spec
+        counted = measure_work(model, spec, input_ids, attention_mask).flops
+        # Equal on 5.24; older releases run a little more (static prefill over the whole static length
+        # before 5.15, kvperf.measure.work): an estimate for the ETA, so within 1% on every release.
+        assert abs(estimated_call_flops(work, spec) - counted) <= 0.01 * counted, spec
 
 
 def test_the_formula_by_hand():
