@@ -216,13 +216,9 @@ FIXED_CASES = (
 )
 
 
-@pytest.mark.parametrize("case", FIXED_CASES, ids=["llama-left-pad", "mistral-sliding"])
-def test_p1_compiled_static_cache_equals_uncached(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
-    """P1 for ``cache="compiled"``: transformers' compiled decode path (TorchDynamo's capture of the static
-    cache's in-place updates, AOTAutograd) gives the uncached tokens. Compiled with the ``aot_eager``
-    backend, a few seconds; inductor's generated kernels take a minute to build on a CPU, and their
-    output is checked in ``benchmarks/caches_study.py`` (the compiled case's output hash equals the
-    eager static one's)."""
+def _compiled_violation(case: Case, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """P1's violation for ``case`` run with ``cache="compiled"``, compiled with the ``aot_eager`` backend
+    (TorchDynamo and AOTAutograd without inductor's C++ build: seconds, not a minute)."""
     from transformers import CompileConfig
 
     from kvperf.measure import cache_modes
@@ -240,7 +236,39 @@ def test_p1_compiled_static_cache_equals_uncached(case: Case, monkeypatch: pytes
     before = compiled_frames()
     violation = token_violation(run_case(model, compiled))
     assert compiled_frames() > before  # the cached run went through torch.compile
+    return violation
+
+
+@pytest.mark.parametrize("case", FIXED_CASES, ids=["llama-left-pad", "mistral-sliding"])
+def test_p1_compiled_static_cache_equals_uncached(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """P1 for ``cache="compiled"``: transformers' compiled decode path (TorchDynamo's capture of the static
+    cache's in-place updates, AOTAutograd) gives the uncached tokens. Inductor's generated kernels take a
+    minute to build on a CPU; their output is checked in ``benchmarks/caches_study.py`` (the compiled
+    case's output hash equals the eager static one's)."""
+    violation = _compiled_violation(case, monkeypatch)
     assert violation is None, violation
+
+
+@pytest.mark.parametrize("case", FIXED_CASES, ids=["llama-left-pad", "mistral-sliding"])
+def test_p1_compiled_catches_a_broken_static_cache(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same property fails when the compiled static cache reads each key one position late (the
+    broken update is traced into the compiled graph like the real one), for full and sliding layers."""
+    from transformers import cache_utils
+
+    def shifted_keys(original: Callable[..., Any]) -> Callable[..., Any]:
+        def update(self: Any, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            keys, values = original(self, key_states, value_states, *args, **kwargs)
+            if key_states.shape[-2] == 1:
+                keys = torch.roll(keys, shifts=1, dims=-2)
+            return keys, values
+        return update
+
+    for name in ("StaticLayer", "StaticSlidingWindowLayer"):
+        layer_class = getattr(cache_utils, name, None)
+        if layer_class is not None and "update" in vars(layer_class):
+            monkeypatch.setattr(layer_class, "update", shifted_keys(layer_class.update))
+    assert _compiled_violation(case, monkeypatch) is not None
 
 
 @pytest.mark.gpu
