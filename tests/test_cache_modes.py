@@ -213,3 +213,27 @@ def test_committed_quick_baseline_still_matches_the_quick_tier() -> None:
         skipped = {case["name"] for case in data.get("kvperf_skipped_cases") or []}
         assert names <= tier
         assert tier - names == skipped
+
+
+def test_static_cache_of_values_narrower_than_keys_is_refused_where_transformers_cannot_hold_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a release whose StaticLayer allocates values at the keys' width (4.57), a model with narrower
+    values gets the reason, naming the release it needs, instead of transformers' index_copy_ error;
+    on later releases it runs."""
+    from kvperf.features import static_values_have_their_own_width
+    from kvperf.kv.families import tiny_config
+    from kvperf.measure import cache_modes
+
+    config = tiny_config("deepseek_v2")
+    config.v_head_dim = config.qk_nope_head_dim  # narrower than the keys' nope + rope dims
+    reason = cache_unavailable("static", "cpu", config)
+    if static_values_have_their_own_width():
+        assert reason is None
+    else:
+        assert reason is not None and "needs transformers 5.0 or newer" in reason
+    monkeypatch.setattr(cache_modes, "static_values_have_their_own_width", lambda: False)
+    for mode in ("static", "compiled"):
+        reason = cache_unavailable(mode, "cpu", config)
+        assert reason is not None and reason.startswith("a static cache of this deepseek_v2 model holds keys ")
+    assert cache_unavailable("on", "cpu", config) is None
+    assert cache_unavailable("static", "cpu", GPT2) is None  # keys and values of one width

@@ -28,7 +28,12 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from kvperf.errors import UsageError
-from kvperf.features import missing_cache_implementation, missing_compiler, missing_quantized_backend
+from kvperf.features import (
+    missing_cache_implementation,
+    missing_compiler,
+    missing_quantized_backend,
+    static_values_have_their_own_width,
+)
 from kvperf.kv.kv_size import KvShape, mode_quantization, quantizable_kv_width
 from kvperf.spec import CACHE_MODES
 
@@ -131,8 +136,33 @@ def cache_unavailable(mode: str, device_type: str, config: PretrainedConfig | No
                 return (f"cache {mode!r} (QuantizedCache) holds full-attention layers only, and this "
                         f"{shape.model_type} model has layers of {kinds}: use cache on or static for it")
         return missing
+    if mode in STATIC_MODES and config is not None:
+        narrow = _values_narrower_than_keys(config)
+        if narrow is not None:
+            return narrow
     if mode in COMPILED_MODES:
         return missing_compiler(device_type)
     if mode.startswith("offloaded"):
         return missing_cache_implementation(mode)
+    return None
+
+
+def _values_narrower_than_keys(config: PretrainedConfig) -> str | None:
+    """Why a static cache cannot hold this model's layers on this release: before 5.0, ``StaticLayer``
+    allocates the values at the keys' head dim, so values of another width fail inside transformers
+    (``index_copy_``); None where the release or the model is fine."""
+    if static_values_have_their_own_width():
+        return None
+    try:
+        shape = KvShape.from_config(config)
+    except UsageError:  # a config kvperf cannot read: transformers decides
+        return None
+    for layer in shape.layers:
+        if layer.key_dim and layer.value_dim and layer.value_dim != layer.key_dim:
+            from transformers import __version__
+
+            return (f"a static cache of this {shape.model_type} model holds keys {layer.key_dim} and values "
+                    f"{layer.value_dim} wide, and transformers {__version__} allocates its values at the keys' "
+                    "width (StaticLayer.lazy_initialization), which fails: it needs transformers 5.0 or newer "
+                    "(pip install -U transformers), or use cache on")
     return None
