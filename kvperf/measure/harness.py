@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 from typing import Any
@@ -278,12 +279,21 @@ def forget_static_cache(model: PreTrainedModel) -> None:
             delattr(model, name)
 
 
-def _generate(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
-              attention_mask: torch.Tensor, **extra: Any) -> Any:
+def _prepared_generate(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor, **extra: Any) -> Callable[[], Any]:
+    """The ``generate`` call for ``spec``, with everything before it done: the static cache of an earlier
+    call dropped and the arguments built (a quantized mode sizes its groups from the config), so that
+    a timed call's clocks see ``generate`` alone."""
     if spec.cache in STATIC_MODES:
         forget_static_cache(model)
+    kwargs = generate_kwargs(model, spec)
     generate: Any = model.generate  # typed as a Tensor attribute by torch's nn.Module stubs
-    return generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs(model, spec), **extra)
+    return lambda: generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs, **extra)
+
+
+def _generate(model: PreTrainedModel, spec: GenerationSpec, input_ids: torch.Tensor,
+              attention_mask: torch.Tensor, **extra: Any) -> Any:
+    return _prepared_generate(model, spec, input_ids, attention_mask, **extra)()
 
 
 def count_generated_tokens(sequences: torch.Tensor, prompt_len: int) -> int:
@@ -315,13 +325,14 @@ def time_generation(
     right before the start clocks and right after the end clocks; without one the energy is None."""
     devices = model_devices(model)  # every one of them is synchronised before each clock read
     clock = _TokenClock(devices, slowdown=_test_decode_slowdown())
+    call = _prepared_generate(model, spec, input_ids, attention_mask, streamer=clock)
     synchronize(devices)
     if energy is not None:
         energy.start()  # counter read 1: after the sync, before the clocks start
     frames = compiled_frames() if spec.cache in COMPILED_MODES else None
     start = time.perf_counter()
     start_cpu = time.thread_time()
-    out = _generate(model, spec, input_ids, attention_mask, streamer=clock)
+    out = call()
     synchronize(devices)
     end = time.perf_counter()
     end_cpu = time.thread_time()
